@@ -1,0 +1,108 @@
+"""The contracts between stages: manifest columns, statuses and quarantine reasons.
+
+The manifest is one Parquet table with one row per *input file*. ``item_id`` is the sha256 of
+the file's original bytes, so two byte-identical files share an item id: the first one seen
+(by sorted source URI) is accepted, the others are quarantined as ``duplicate_exact``.
+Each stage returns the whole table with its own columns appended; a stage may move a row from
+``accepted`` to ``quarantined`` but never the other way, and never rewrites earlier columns.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import pyarrow as pa
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    QUARANTINED = "quarantined"
+
+
+class Reason(StrEnum):
+    """Machine-readable quarantine reasons. The stage that sets one is in ``quarantined_by``."""
+
+    # collect
+    UNREADABLE = "unreadable"  # the storage layer could not read the bytes
+    EMPTY_FILE = "empty_file"
+    UNSUPPORTED_FORMAT = "unsupported_format"  # not an image format we ingest
+    EXTENSION_MISMATCH = "extension_mismatch"  # content is format X, name says Y
+    CORRUPT = "corrupt"  # header or data cannot be decoded
+    TRUNCATED = "truncated"  # decodes only partially: data ends early
+    TOO_LARGE = "too_large"  # pixel count above collect.max_pixels (decompression bomb)
+    PATH_ESCAPE = "path_escape"  # symlink or name resolving outside the source root
+    DUPLICATE_EXACT = "duplicate_exact"  # byte-identical to an accepted item
+    # anonymize
+    ANONYMIZE_FAILED = "anonymize_failed"  # detection or redaction raised: fail closed
+    RESIDUAL_DETECTION = "residual_detection"  # verification still finds a face after redaction
+    # curate
+    BLURRY = "blurry"
+    TOO_DARK = "too_dark"
+    OVEREXPOSED = "overexposed"
+    LOW_INFORMATION = "low_information"
+    NEAR_DUPLICATE = "near_duplicate"
+
+
+STAGES: tuple[str, ...] = (
+    "collect",
+    "anonymize",
+    "curate",
+    "import_annotations",
+    "validate",
+    "refresh",
+)
+
+# Columns every manifest carries from the collect stage on. Later stages append their own,
+# prefixed by the stage name (``anonymize_*``, ``curate_*``) except for the shared status trio.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),  # sha256 of the original bytes
+        pa.field("source_uri", pa.string(), nullable=False),  # where the file was read from
+        pa.field("rel_path", pa.string(), nullable=False),  # path relative to the source root
+        pa.field("size_bytes", pa.int64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),  # a Reason value when quarantined
+        pa.field("reason_detail", pa.string()),  # human-readable explanation
+        pa.field("quarantined_by", pa.string()),  # stage name
+        pa.field("duplicate_of", pa.string()),  # source_uri of the kept copy
+        pa.field("format", pa.string()),  # detected from content: JPEG, PNG, ...
+        pa.field("width", pa.int32()),  # after EXIF orientation
+        pa.field("height", pa.int32()),
+        pa.field("channels", pa.int8()),
+        pa.field("mode", pa.string()),  # PIL mode of the decoded file
+        pa.field("exif_orientation", pa.int8()),
+        pa.field("capture_time", pa.string()),  # ISO 8601 from EXIF DateTimeOriginal
+        pa.field("camera_make", pa.string()),
+        pa.field("camera_model", pa.string()),
+        pa.field("has_gps", pa.bool_()),
+        pa.field("gps_lat", pa.float64()),
+        pa.field("gps_lon", pa.float64()),
+        pa.field("object_uri", pa.string()),  # content-addressed copy, relative to the data root
+    ]
+)
+
+# The canonical annotation table: one row per annotation, geometry as absolute pixel xywh.
+ANNOTATION_SCHEMA = pa.schema(
+    [
+        pa.field("annotation_id", pa.string(), nullable=False),  # stable: source file + pointer
+        pa.field("item_id", pa.string()),  # null when the annotation matched no image
+        pa.field("image_ref", pa.string(), nullable=False),  # file name as written in the export
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("category_id", pa.int32(), nullable=False),  # canonical id (see category map)
+        pa.field("source_category_id", pa.string()),  # id as written in the export
+        pa.field("bbox_x", pa.float64()),
+        pa.field("bbox_y", pa.float64()),
+        pa.field("bbox_w", pa.float64()),
+        pa.field("bbox_h", pa.float64()),
+        pa.field("segmentation", pa.string()),  # JSON: polygons [[x,y,...],...] or RLE dict
+        pa.field("iscrowd", pa.bool_()),
+        pa.field("image_width", pa.int32()),
+        pa.field("image_height", pa.int32()),
+        pa.field("annotator", pa.string()),
+        pa.field("attributes", pa.string()),  # JSON object
+        pa.field("source_format", pa.string(), nullable=False),  # coco, yolo, ...
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_pointer", pa.string(), nullable=False),  # JSON pointer or "line N"
+        pa.field("match_status", pa.string(), nullable=False),  # matched | unmatched
+    ]
+)

@@ -1,0 +1,130 @@
+"""One storage layer for local paths and ``s3://`` URIs alike (fsspec; s3fs for S3).
+
+Every read and write in visionloop goes through these helpers, so a stage never branches on
+where its data lives. Writes are atomic: data goes to a temporary name beside the target and
+is moved into place, so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with ``/`` for remote URIs and the OS separator for local ones."""
+    if is_remote(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def dirname(uri: str) -> str:
+    return posixpath.dirname(uri) if is_remote(uri) else os.path.dirname(uri)
+
+
+def filesystem(uri: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem serving ``uri`` and the path inside it.
+
+    S3 endpoint and credentials come from the environment (``AWS_*`` variables or
+    ``AWS_ENDPOINT_URL``), never from params, so they cannot leak into reports.
+    """
+    if uri.startswith("s3://") and "client_kwargs" not in storage_options:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            storage_options = {**storage_options, "client_kwargs": {"endpoint_url": endpoint}}
+    return url_to_fs(uri, **storage_options)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.makedirs(path, exist_ok=True)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` so that readers see either nothing or the whole file.
+
+    Local files are written to a temporary sibling and renamed (atomic on POSIX). An S3 PUT is
+    already atomic: the object appears only when the upload completes.
+    """
+    fs, path = filesystem(uri)
+    parent = dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if is_remote(uri):
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(uri: str, text: str) -> None:
+    write_bytes_atomic(uri, text.encode("utf-8"))
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_table(uri: str, table: pd.DataFrame | pa.Table, schema: pa.Schema | None = None) -> None:
+    """Write a DataFrame or Arrow table as Parquet, atomically."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes_atomic(uri, buf.getvalue())
+
+
+def read_table(uri: str) -> pd.DataFrame:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as fh:
+        return pq.read_table(fh).to_pandas()
+
+
+def walk_files(root: str) -> Iterator[str]:
+    """Yield every file below ``root`` as a URI in the root's own scheme, in sorted order."""
+    fs, path = filesystem(root)
+    found = fs.find(path, withdirs=False)
+    for p in sorted(found):
+        yield p if not is_remote(root) else f"{root.split('://', 1)[0]}://{p}"
+
+
+def relative_to(root: str, uri: str) -> str:
+    """The path of ``uri`` below ``root``, with ``/`` separators."""
+    r = root.rstrip("/").split("://", 1)[-1]
+    u = uri.split("://", 1)[-1]
+    rel = posixpath.relpath(u, r) if is_remote(root) else os.path.relpath(u, r)
+    return rel.replace(os.sep, "/")
+
+
+def remove(uri: str, recursive: bool = False) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
