@@ -69,6 +69,8 @@ class ValidateParams(_Section):
     max_quarantine_fraction: float = Field(0.5, ge=0, le=1)  # per stage, error level
     min_accepted: int = Field(1, ge=0)
     max_unmatched_annotation_fraction: float = Field(0.05, ge=0, le=1)
+    bbox_tolerance_px: float = Field(1.0, ge=0)  # boxes may poke this far past the image edge
+    max_drifted_fraction: float = Field(0.0, ge=0, le=1)  # share of drifted features, warning
     data_docs: bool = True
 
 

@@ -111,17 +111,23 @@ def read_table(uri: str) -> pd.DataFrame:
 def walk_files(root: str) -> Iterator[str]:
     """Yield every file below ``root`` as a URI in the root's own scheme, in sorted order."""
     fs, path = filesystem(root)
-    found = fs.find(path, withdirs=False)
-    for p in sorted(found):
-        yield p if not is_remote(root) else f"{root.split('://', 1)[0]}://{p}"
+    found = sorted(fs.find(path, withdirs=False))
+    if is_remote(root):
+        yield from (fs.unstrip_protocol(p) for p in found)
+        return
+    # Keep the root as the caller wrote it (relative stays relative), so manifests do not
+    # depend on where the checkout lives.
+    base = os.path.abspath(root)
+    for p in found:
+        yield os.path.join(root, os.path.relpath(p, base))
 
 
 def relative_to(root: str, uri: str) -> str:
     """The path of ``uri`` below ``root``, with ``/`` separators."""
-    r = root.rstrip("/").split("://", 1)[-1]
-    u = uri.split("://", 1)[-1]
-    rel = posixpath.relpath(u, r) if is_remote(root) else os.path.relpath(u, r)
-    return rel.replace(os.sep, "/")
+    if not is_remote(root):
+        return os.path.relpath(uri, root).replace(os.sep, "/")
+    fs, r = filesystem(root)
+    return posixpath.relpath(fs._strip_protocol(uri), r)
 
 
 def remove(uri: str, recursive: bool = False) -> None:

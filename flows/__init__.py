@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only (which stage after which, the gates, the snapshot)."""

@@ -1,0 +1,164 @@
+"""The ``visionloop`` command line: sample data, single stages (what ``dvc repro`` runs), the
+Prefect pipeline, and status. Heavy libraries are imported inside the commands so that
+``visionloop --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+STAGE_NAMES = (
+    "collect",
+    "anonymize",
+    "curate",
+    "import_annotations",
+    "validate",
+    "refresh",
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """visionloop: an open data engine for computer-vision datasets."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.argument("out_dir")
+@click.option("--n", "n", default=240, show_default=True, help="Number of image files.")
+@click.option("--seed", default=0, show_default=True)
+def sample(out_dir: str, n: int, seed: int) -> None:
+    """Write the bundled sample dataset (images with known truth + COCO/YOLO exports)."""
+    from visionloop.sample import build_sample
+
+    summary = build_sample(out_dir, n=n, seed=seed)
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@main.command()
+@click.argument("name", type=click.Choice(STAGE_NAMES))
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--no-gate", is_flag=True, help="Skip the Great Expectations gate after the stage.")
+def stage(name: str, params_path: str, no_gate: bool) -> None:
+    """Run one stage in this process, then its gate (this is what dvc.yaml calls)."""
+    from rich.progress import Progress
+
+    from visionloop.config import load_params
+    from visionloop.pipeline import run_gate_for
+    from visionloop.stages.base import Workspace, get_stage, run_stage
+
+    params = load_params(params_path)
+    ws = Workspace.from_params(params)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"{name}: shards", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = run_stage(get_stage(name), ws, params, progress=progress)
+    _echo_summary(summary.stage, summary.input, summary.accepted, summary.reasons)
+    if not no_gate:
+        from visionloop.expectations.gate import GateFailed
+
+        try:
+            result = run_gate_for(name, ws, params)
+        except GateFailed as exc:
+            raise click.ClickException(str(exc)) from exc
+        if result is not None:
+            click.echo(f"gate {name}: passed ({_docs_hint(result)})")
+
+
+def _docs_hint(result: Any) -> str:
+    return f"Data Docs: {getattr(result, 'docs_path', '') or 'n/a'}"
+
+
+def _echo_summary(stage: str, n_in: int, n_acc: int, reasons: dict[str, int]) -> None:
+    detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "none"
+    click.echo(f"{stage}: {n_in} in, {n_acc} accepted, {n_in - n_acc} quarantined ({detail})")
+
+
+@main.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option(
+    "--runner",
+    type=click.Choice(["threads", "processes", "dask"]),
+    default=None,
+    help="Task runner (default: run.runner in params.yaml).",
+)
+@click.option("--dask-address", default=None, help="Address of an existing Dask scheduler.")
+@click.option("--max-workers", type=int, default=None)
+@click.option("--no-snapshot", is_flag=True, help="Run and gate every stage but cut no snapshot.")
+def run(
+    params_path: str,
+    runner: str | None,
+    dask_address: str | None,
+    max_workers: int | None,
+    no_snapshot: bool,
+) -> None:
+    """Run the whole pipeline as a Prefect flow and cut a dataset snapshot."""
+    from flows.pipeline import pipeline
+
+    overrides = {
+        "run.runner": runner,
+        "run.dask_address": dask_address,
+        "run.max_workers": max_workers,
+    }
+    result = pipeline(
+        params_path=params_path,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        snapshot=not no_snapshot,
+    )
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+@main.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(params_path: str, as_json: bool) -> None:
+    """The latest snapshot tag and each stage's counts (accepted / quarantined by reason)."""
+    from visionloop.config import load_params
+    from visionloop.pipeline import gate_results, summaries
+    from visionloop.snapshots import latest_tag
+    from visionloop.stages.base import Workspace
+
+    params = load_params(params_path)
+    ws = Workspace.from_params(params)
+    stages = summaries(ws)
+    gates = gate_results(ws)
+    out = {
+        "snapshot": latest_tag("."),
+        "stages": {
+            name: {
+                "input": s.input,
+                "accepted": s.accepted,
+                "quarantined": s.quarantined,
+                "reasons": s.reasons,
+                "gate": gates.get(name, {}).get("success"),
+            }
+            for name, s in stages.items()
+        },
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"snapshot: {out['snapshot'] or 'none yet'}")
+    for name, s in stages.items():
+        _echo_summary(name, s.input, s.accepted, s.reasons)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
