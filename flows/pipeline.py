@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.runners import make_task_runner
 from tasks.gate import gate_task
+from tasks.report import report_task
 from tasks.stage import finalize_stage, plan_stage, process_shard
 from tasks.versioning import dvc_commit, snapshot_task
 from visionloop.config import Params, load_params
@@ -74,6 +75,7 @@ def pipeline(
         result["snapshot"] = snap.tag
         result["snapshot_created"] = snap.created
         result["pushed"] = snap.pushed
+    result["report"] = report_task(params, result["snapshot"])
     create_markdown_artifact(key="pipeline-summary", markdown=_markdown(result))
     return result
 
@@ -81,6 +83,8 @@ def pipeline(
 def _markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# visionloop run: snapshot `{result['snapshot'] or 'not cut'}`",
+        "",
+        f"Run report: `{result['report']}`",
         "",
         "| stage | input | accepted | quarantined | reasons |",
         "|---|---:|---:|---:|---|",

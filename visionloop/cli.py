@@ -160,5 +160,18 @@ def status(params_path: str, as_json: bool) -> None:
         _echo_summary(name, s.input, s.accepted, s.reasons)
 
 
+@main.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+def report(params_path: str) -> None:
+    """Write the HTML run report (<data>/report/index.html) from the latest outputs."""
+    from visionloop.config import load_params
+    from visionloop.report import build_report
+    from visionloop.snapshots import latest_tag
+    from visionloop.stages.base import Workspace
+
+    params = load_params(params_path)
+    click.echo(build_report(Workspace.from_params(params), params, latest_tag(".")))
+
+
 if __name__ == "__main__":
     sys.exit(main())
