@@ -58,28 +58,26 @@ def stage(name: str, params_path: str, no_gate: bool) -> None:
     from rich.progress import Progress
 
     from visionloop.config import load_params
+    from visionloop.expectations.gate import GateFailed
     from visionloop.pipeline import run_gate_for
     from visionloop.stages.base import Workspace, get_stage, run_stage
 
     params = load_params(params_path)
     ws = Workspace.from_params(params)
-    with Progress(transient=True) as bar:
-        task = bar.add_task(f"{name}: shards", total=None)
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"{name}: shards", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
 
-        summary = run_stage(get_stage(name), ws, params, progress=progress)
-    _echo_summary(summary.stage, summary.input, summary.accepted, summary.reasons)
-    if not no_gate:
-        from visionloop.expectations.gate import GateFailed
-
-        try:
-            result = run_gate_for(name, ws, params)
-        except GateFailed as exc:
-            raise click.ClickException(str(exc)) from exc
-        if result is not None:
-            click.echo(f"gate {name}: passed ({_docs_hint(result)})")
+            summary = run_stage(get_stage(name), ws, params, progress=progress)
+        _echo_summary(summary.stage, summary.input, summary.accepted, summary.reasons)
+        result = None if no_gate else run_gate_for(name, ws, params)
+    except GateFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    if result is not None:
+        click.echo(f"gate {name}: passed ({_docs_hint(result)})")
 
 
 def _docs_hint(result: Any) -> str:
