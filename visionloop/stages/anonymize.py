@@ -1,0 +1,593 @@
+"""anonymize: redact faces, publish without metadata, verify, and quarantine anything unsure.
+
+Per accepted image: decode the oriented pixels, detect faces, redact them at full resolution,
+encode with no metadata, check the encoded bytes carry none, then (``verify``) detect again on
+the decoded output. If the verification still finds a face, one stronger pass (solid fill over
+a wider box, ``retry_residual``) is tried and verified again; a face that survives that
+quarantines the image as ``residual_detection``. Any exception for an image (decode, model
+load, detection, encode, write) quarantines it as ``anonymize_failed`` with the error text.
+An object is written only after it passed verification, and finalize deletes every object
+that no accepted row references, so a quarantined image is never published (fail closed).
+
+Outputs (``<data>/anonymize/``): ``manifest.parquet`` (collect columns + ``anonymize_*``),
+``audit.parquet`` (one row per processed image), ``objects/<id[:2]>/<id>.<jpg|png>`` and
+``cache.parquet`` (per-item results + params fingerprint, so a rerun redoes nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from visionloop import manifest, storage
+from visionloop.anonymize.detectors import Detector, Regions, get_detector
+from visionloop.anonymize.publish import (
+    EXTENSIONS,
+    encode_clean,
+    output_format,
+    source_icc,
+    verify_stripped,
+)
+from visionloop.anonymize.redact import redact
+from visionloop.config import AnonymizeParams, Params
+from visionloop.imaging import load_oriented_rgb
+from visionloop.schema import MANIFEST_SCHEMA, Reason, Status
+from visionloop.stages.base import (
+    Shard,
+    StageSummary,
+    Workspace,
+    clear_work,
+    read_parts,
+    write_work_list,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "anonymize"
+PREVIOUS = "collect"
+# Bump when a code change alters published bytes, so cached results are recomputed.
+LOGIC_VERSION = "1"
+RETRY_METHOD = "fill"  # the stronger pass: nothing of the region survives
+RETRY_MIN_DILATION = 0.5
+
+MANIFEST_FIELDS = [
+    pa.field("anonymize_object_uri", pa.string()),
+    pa.field("anonymize_sha256", pa.string()),
+    pa.field("anonymize_faces", pa.int32()),
+    pa.field("anonymize_residual", pa.int32()),
+    pa.field("anonymize_metadata_stripped", pa.bool_()),
+    pa.field("anonymize_audit_complete", pa.bool_()),
+]
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("input_sha256", pa.string()),
+        pa.field("output_sha256", pa.string()),
+        pa.field("detector", pa.string()),
+        pa.field("detector_version", pa.string()),
+        pa.field("model_sha256", pa.string()),
+        pa.field("score_threshold", pa.float64()),
+        pa.field("detect_width", pa.int32()),
+        pa.field("detect_height", pa.int32()),
+        pa.field("redaction", pa.string()),
+        pa.field("shape", pa.string()),
+        pa.field("dilation", pa.float64()),
+        pa.field("regions", pa.string()),  # JSON [{kind, box, score, redaction}]
+        pa.field("verified", pa.bool_()),
+        pa.field("residual", pa.int32()),
+        pa.field("status", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+# Per-item result rows (parts, cache): audit fields + manifest fields + bookkeeping.
+PUBLISHED, RESIDUAL, FAILED = "published", "residual", "failed"
+
+
+def fingerprint(p: AnonymizeParams, detector: Detector) -> str:
+    """What a published image depends on: detector identity, model weights, every param."""
+    blob = json.dumps(
+        {
+            "logic": LOGIC_VERSION,
+            "detector": p.detector,
+            "detector_version": str(detector.version),
+            "model_sha256": str(detector.model_sha256),
+            "params": p.model_dump(mode="json"),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build_detector(p: AnonymizeParams) -> Detector:
+    return get_detector(p.detector, score_threshold=p.score_threshold, max_side=p.detect_max_side)
+
+
+def object_rel(item_id: str, fmt: str) -> str:
+    return f"{NAME}/objects/{item_id[:2]}/{item_id}{EXTENSIONS[fmt]}"
+
+
+def _region_records(regions: Regions, applied: np.ndarray, method: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": str(kind),
+            "box": [int(v) for v in box],  # the redacted (grown, clipped) box, full-res pixels
+            "score": round(float(score), 4),
+            "redaction": method,
+        }
+        for kind, box, score in zip(regions.kind, applied, regions.scores, strict=True)
+    ]
+
+
+class AnonymizeError(RuntimeError):
+    """One image could not be anonymized; ``step`` says where (decode, detect, ...)."""
+
+    def __init__(self, step: str, cause: BaseException | str) -> None:
+        self.step = step
+        text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        # Object reprs carry memory addresses; drop them so reruns write identical manifests.
+        super().__init__(f"{step}: {re.sub(r' at 0x[0-9a-fA-F]+', '', text)}"[:1000])
+
+
+def anonymize_image(
+    data: bytes,
+    source_format: str | None,
+    detector: Detector,
+    p: AnonymizeParams,
+    max_pixels: int | None = None,
+) -> dict[str, Any]:
+    """Redact, encode and verify one image in memory; the caller decides what to publish.
+
+    Raises on any failure; every step that can fail is named in the error (``step: ...``).
+    """
+    step = "decode"
+    try:
+        pixels = load_oriented_rgb(data, max_pixels)
+        height, width = pixels.shape[:2]
+        step = "detect"
+        size = getattr(detector, "detect_size", None)
+        detect_w, detect_h = size(width, height) if callable(size) else (width, height)
+        found = detector.detect(pixels).clipped(width, height)
+        step = "redact"
+        redacted, applied = redact(
+            pixels,
+            found.boxes,
+            method=p.redaction,
+            shape=p.shape,
+            dilation=p.dilation,
+            blocks=p.pixelate_blocks,
+        )
+        records = _region_records(found, applied, p.redaction)
+        step = "encode"
+        fmt = output_format(source_format)
+        icc = source_icc(data, redacted) if p.keep_icc else None
+
+        def publish(px: np.ndarray) -> bytes:
+            out = encode_clean(px, fmt, jpeg_quality=p.jpeg_quality, icc_profile=icc)
+            leftover = verify_stripped(out, allow_icc=p.keep_icc)
+            if leftover:
+                raise ValueError(f"metadata remains after encoding: {leftover}")
+            return out
+
+        out = publish(redacted)
+        residual: Regions = Regions.empty()
+        retried = False
+        if p.verify:
+            step = "verify"
+            residual = detector.detect(load_oriented_rgb(out, max_pixels)).clipped(width, height)
+            if len(residual) and p.retry_residual:
+                retried = True
+                dilation = max(2 * p.dilation, RETRY_MIN_DILATION)
+                redacted, applied2 = redact(
+                    redacted, residual.boxes, method=RETRY_METHOD, shape="box", dilation=dilation
+                )
+                records += _region_records(residual, applied2, RETRY_METHOD)
+                out = publish(redacted)
+                residual = detector.detect(load_oriented_rgb(out, max_pixels)).clipped(
+                    width, height
+                )
+    except Exception as exc:
+        raise AnonymizeError(step, exc) from exc
+    return {
+        "bytes": out,
+        "format": fmt,
+        "faces": len(records),
+        "residual": len(residual),
+        "residual_scores": [round(float(s), 3) for s in residual.scores],
+        "verified": bool(p.verify),
+        "retried": retried,
+        "regions": json.dumps(records, sort_keys=True),
+        "detect_width": int(detect_w),
+        "detect_height": int(detect_h),
+    }
+
+
+class AnonymizeStage:
+    """Faces redacted, metadata stripped, output verified; see the module docstring."""
+
+    name = NAME
+
+    # ---- plan: reuse cached results, list the rest ----
+
+    def plan(self, ws: Workspace, params: Params) -> list[Shard]:
+        p = params.anonymize
+        df = storage.read_table(ws.manifest_uri(PREVIOUS))
+        todo = manifest.accepted(df).drop_duplicates("item_id")
+        reused = pd.DataFrame()
+        cache_uri = ws.uri(NAME, "cache.parquet")
+        if len(todo) and storage.exists(cache_uri):
+            try:
+                fp = fingerprint(p, build_detector(p))
+            except Exception as exc:  # process() will quarantine each image with the error
+                log.warning("anonymize: detector unavailable, nothing reused: %s", exc)
+                fp = None
+            cache = storage.read_table(cache_uri)
+            objects_dir = ws.uri(NAME, "objects")
+            present = {
+                f"{NAME}/objects/{storage.relative_to(objects_dir, u)}"
+                for u in (storage.walk_files(objects_dir) if storage.exists(objects_dir) else [])
+            }
+            keep = (
+                (cache["fingerprint"] == fp)
+                & cache["item_id"].isin(todo["item_id"])
+                & (
+                    ((cache["outcome"] == PUBLISHED) & cache["anonymize_object_uri"].isin(present))
+                    | (cache["outcome"] == RESIDUAL)
+                    | ((cache["outcome"] == FAILED) & (cache["failed_step"] == "decode"))
+                )
+            )
+            reused = cache[keep].drop_duplicates("item_id")
+        work = todo[~todo["item_id"].isin(reused["item_id"] if len(reused) else [])]
+        work = work[["item_id", "object_uri", "format"]].reset_index(drop=True)
+        shards = write_work_list(ws, NAME, work, params.run.shard_size)
+        storage.write_table(ws.work_uri(NAME, "reused.parquet"), reused.reset_index(drop=True))
+        log.info("anonymize: %d to process, %d reused", len(work), len(reused))
+        return shards
+
+    # ---- process: pixel work for one shard ----
+
+    def process(self, ws: Workspace, params: Params, shard: Shard) -> str:
+        p = params.anonymize
+        rows = shard.rows()
+        detector: Detector | None = None
+        load_error: str | None = None
+        fp: str | None = None
+        try:
+            detector = build_detector(p)
+            fp = fingerprint(p, detector)
+        except Exception as exc:
+            load_error = f"{type(exc).__name__}: {exc}"
+            log.error("anonymize: detector %r unavailable: %s", p.detector, exc)
+        limit = params.collect.max_pixels  # collect enforced it; decode with the same bound
+        results = [
+            self._one(ws, p, row, detector, fp, load_error, limit) for row in rows.itertuples()
+        ]
+        part = pd.DataFrame(results, columns=_result_columns())
+        storage.write_table(shard.part_uri, part)
+        log.info("anonymize: shard %d done (%d images)", shard.index, len(part))
+        return shard.part_uri
+
+    def _one(
+        self,
+        ws: Workspace,
+        p: AnonymizeParams,
+        row: Any,
+        detector: Detector | None,
+        fp: str | None,
+        load_error: str | None,
+        max_pixels: int,
+    ) -> dict[str, Any]:
+        start = time.perf_counter()
+        item_id = row.item_id
+        result: dict[str, Any] = {
+            "item_id": item_id,
+            "detector": p.detector,
+            "detector_version": getattr(detector, "version", None),
+            "model_sha256": getattr(detector, "model_sha256", None),
+            "score_threshold": p.score_threshold,
+            "redaction": p.redaction,
+            "shape": p.shape,
+            "dilation": p.dilation,
+            "fingerprint": fp,
+            "retried": False,
+        }
+        step = "withdraw"
+        try:
+            # Whatever an earlier run published for this item is withdrawn until it passes again.
+            for ext in EXTENSIONS:
+                storage.remove(ws.resolve(object_rel(item_id, ext)))
+            step = "model load"
+            if detector is None:
+                raise AnonymizeError(step, load_error or "no detector")
+            step = "read"
+            data = storage.read_bytes(ws.resolve(row.object_uri))
+            result["input_sha256"] = hashlib.sha256(data).hexdigest()
+            if result["input_sha256"] != item_id:
+                raise AnonymizeError(step, "object bytes do not match item_id (sha256)")
+            out = anonymize_image(data, row.format, detector, p, max_pixels)
+            step = "write"
+            result.update(
+                output_sha256=hashlib.sha256(out["bytes"]).hexdigest(),
+                detect_width=out["detect_width"],
+                detect_height=out["detect_height"],
+                regions=out["regions"],
+                verified=out["verified"],
+                residual=out["residual"],
+                retried=out["retried"],
+                anonymize_faces=out["faces"],
+                anonymize_residual=out["residual"],
+                anonymize_metadata_stripped=True,
+            )
+            if out["residual"]:
+                result["outcome"] = RESIDUAL
+                result["detail"] = (
+                    f"{out['residual']} face(s) still detected after redaction"
+                    f"{' and a fill pass' if out['retried'] else ''} "
+                    f"(scores {out['residual_scores']})"
+                )
+            else:
+                rel = object_rel(item_id, out["format"])
+                storage.write_bytes_atomic(ws.resolve(rel), out["bytes"])
+                result.update(
+                    outcome=PUBLISHED,
+                    anonymize_object_uri=rel,
+                    anonymize_sha256=result["output_sha256"],
+                )
+        except Exception as exc:
+            error = exc if isinstance(exc, AnonymizeError) else AnonymizeError(step, exc)
+            for ext in EXTENSIONS:
+                storage.remove(ws.resolve(object_rel(item_id, ext)))
+            log.warning("anonymize: %s failed: %s", item_id[:12], error)
+            result.update(
+                outcome=FAILED,
+                failed_step=error.step,
+                detail=str(error),
+                output_sha256=None,
+                anonymize_object_uri=None,
+                anonymize_sha256=None,
+                anonymize_faces=None,
+                anonymize_residual=None,
+                anonymize_metadata_stripped=False,
+            )
+        result["elapsed_ms"] = (time.perf_counter() - start) * 1000
+        return result
+
+    # ---- finalize: one manifest, one audit table, cache, sweep ----
+
+    def finalize(self, ws: Workspace, params: Params, parts: list[str]) -> StageSummary:
+        p = params.anonymize
+        before = storage.read_table(ws.manifest_uri(PREVIOUS))
+        new = read_parts(parts)
+        reused_uri = ws.work_uri(NAME, "reused.parquet")
+        reused = storage.read_table(reused_uri) if storage.exists(reused_uri) else pd.DataFrame()
+        frames = [f.reindex(columns=_result_columns()) for f in (reused, new) if len(f)]
+        results = (
+            pd.concat(frames, ignore_index=True).drop_duplicates("item_id", keep="last")
+            if frames
+            else pd.DataFrame(columns=_result_columns())
+        ).set_index("item_id", drop=False)
+
+        accepted_mask = before["status"] == Status.ACCEPTED
+        missing = set(before.loc[accepted_mask, "item_id"]) - set(results.index)
+        if missing:  # a shard lost its result: fail closed
+            log.error("anonymize: %d accepted item(s) have no result", len(missing))
+            filler = pd.DataFrame(
+                [
+                    {
+                        "item_id": i,
+                        "outcome": FAILED,
+                        "detail": "no anonymize result was produced",
+                        "detector": p.detector,
+                        "anonymize_metadata_stripped": False,
+                    }
+                    for i in missing
+                ]
+            ).reindex(columns=_result_columns())
+            results = pd.concat([results, filler.set_index("item_id", drop=False)])
+
+        per_row = results.reindex(before["item_id"].where(accepted_mask)).reset_index(drop=True)
+        per_row.index = before.index
+        for col in ("outcome", "detail", "anonymize_object_uri", "anonymize_sha256"):
+            per_row[col] = per_row[col].astype(object)
+        complete = _audit_complete(per_row, p)
+        # A published image whose audit is incomplete is not published.
+        unaudited = (per_row["outcome"] == PUBLISHED) & ~complete
+        per_row.loc[unaudited, "outcome"] = FAILED
+        per_row.loc[unaudited, "detail"] = "audit row incomplete"
+        for col in ("anonymize_object_uri", "anonymize_sha256"):
+            per_row.loc[per_row["outcome"] != PUBLISHED, col] = None
+
+        after = before.copy()
+        for field in MANIFEST_FIELDS:
+            if field.name != "anonymize_audit_complete":
+                after[field.name] = per_row[field.name].where(accepted_mask, None)
+        after["anonymize_audit_complete"] = complete.where(accepted_mask, None)
+        is_res = accepted_mask & (per_row["outcome"] == RESIDUAL)
+        is_fail = accepted_mask & (per_row["outcome"] == FAILED)
+        after = manifest.quarantine(
+            after, is_res, Reason.RESIDUAL_DETECTION, per_row["detail"], NAME
+        )
+        after = manifest.quarantine(
+            after, is_fail, Reason.ANONYMIZE_FAILED, per_row["detail"], NAME
+        )
+        manifest.check_transition(before, after, NAME)
+
+        audit = per_row[accepted_mask].copy()
+        audit["status"] = after.loc[accepted_mask, "status"]
+        audit["reason"] = after.loc[accepted_mask, "reason"]
+        audit = audit.drop_duplicates("item_id")
+        storage.write_table(
+            ws.uri(NAME, "audit.parquet"),
+            pa.Table.from_pandas(
+                _typed(audit, AUDIT_SCHEMA), schema=AUDIT_SCHEMA, preserve_index=False
+            ),
+        )
+
+        # Cache what a rerun may reuse. Failures are retried (model, storage and memory errors
+        # may be transient), except undecodable files: their bytes cannot change under an id.
+        cacheable = per_row["outcome"].isin([PUBLISHED, RESIDUAL]) | (
+            (per_row["outcome"] == FAILED) & (per_row["failed_step"] == "decode")
+        )
+        cache = per_row[accepted_mask & cacheable & per_row["fingerprint"].notna()]
+        cache = _typed(cache.drop_duplicates("item_id").reset_index(drop=True), _result_schema())
+        storage.write_table(ws.uri(NAME, "cache.parquet"), cache, schema=_result_schema())
+        # The manifest last (it is what the next stage reads), then withdraw what it does not
+        # reference: residual, failed and demoted images, and items no longer accepted.
+        storage.write_table(ws.manifest_uri(NAME), _manifest_table(after))
+        removed = self._sweep(ws, set(after["anonymize_object_uri"].dropna()))
+        clear_work(ws, NAME)
+
+        counts = manifest.status_counts(after)
+        n_new = len(new)
+        summary = StageSummary(
+            stage=NAME,
+            input=counts["input"],
+            accepted=counts["accepted"],
+            quarantined=counts["quarantined"],
+            reasons=counts["reasons"],
+            outputs=[ws.manifest_uri(NAME), ws.uri(NAME, "audit.parquet")],
+            details={
+                "processed": n_new,
+                "reused": len(reused),
+                "published": int((after["anonymize_object_uri"].notna()).sum()),
+                "faces_redacted": int(pd.to_numeric(after["anonymize_faces"]).fillna(0).sum()),
+                "residual_detection": int(is_res.sum()),
+                "anonymize_failed": int(is_fail.sum()),
+                "fill_pass_used": int(new["retried"].fillna(False).astype(bool).sum())
+                if n_new
+                else 0,
+                "ms_per_image": round(float(new["elapsed_ms"].mean()), 1) if n_new else None,
+                "stale_objects_removed": removed,
+                "detector": p.detector,
+                "detector_version": _first(per_row["detector_version"]),
+                "model_sha256": _first(per_row["model_sha256"]),
+                "score_threshold": p.score_threshold,
+            },
+        )
+        log.info("anonymize: %s", summary.details)
+        return summary
+
+    @staticmethod
+    def _sweep(ws: Workspace, referenced: set[str]) -> int:
+        """Delete published objects that no accepted row references (fail closed)."""
+        objects_dir = ws.uri(NAME, "objects")
+        if not storage.exists(objects_dir):
+            return 0
+        removed = 0
+        for uri in list(storage.walk_files(objects_dir)):
+            rel = f"{NAME}/objects/{storage.relative_to(objects_dir, uri)}"
+            if rel not in referenced:
+                storage.remove(uri)
+                removed += 1
+        return removed
+
+
+def _first(values: pd.Series) -> Any:
+    present = values.dropna()
+    return str(present.iloc[0]) if len(present) else None
+
+
+def _result_schema() -> pa.Schema:
+    extra = [
+        pa.field("outcome", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("fingerprint", pa.string()),
+        pa.field("elapsed_ms", pa.float64()),
+        pa.field("retried", pa.bool_()),
+        pa.field("failed_step", pa.string()),
+    ]
+    audit = [f for f in AUDIT_SCHEMA if f.name not in ("status", "reason")]
+    manifest_fields = [f for f in MANIFEST_FIELDS if f.name != "anonymize_audit_complete"]
+    return pa.schema(audit + manifest_fields + extra)
+
+
+def _result_columns() -> list[str]:
+    return _result_schema().names
+
+
+def _typed(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """Columns in schema order with nullable dtypes, so Arrow gets ints and bools with nulls."""
+    out = df.reindex(columns=schema.names).copy()
+    for f in schema:
+        if pa.types.is_integer(f.type):
+            out[f.name] = pd.to_numeric(out[f.name]).astype("Int64")
+        elif pa.types.is_boolean(f.type):
+            out[f.name] = out[f.name].astype("boolean")
+        elif pa.types.is_floating(f.type):
+            out[f.name] = pd.to_numeric(out[f.name]).astype("float64")
+        else:
+            out[f.name] = out[f.name].astype(object).where(out[f.name].notna(), None)
+    return out
+
+
+def _manifest_table(df: pd.DataFrame) -> pa.Table:
+    """The manifest with collect's types kept and anonymize columns typed per the contract."""
+    known = {f.name: f.type for f in [*MANIFEST_SCHEMA, *MANIFEST_FIELDS]}
+    ours = {f.name for f in MANIFEST_FIELDS}
+    typed = _typed(df[list(ours)], pa.schema(MANIFEST_FIELDS))
+    base = df.drop(columns=list(ours))
+    table = pa.Table.from_pandas(base, preserve_index=False)
+    fields = [pa.field(n, known.get(n, table.schema.field(n).type)) for n in table.column_names]
+    table = table.cast(pa.schema(fields))
+    for f in MANIFEST_FIELDS:
+        table = table.append_column(f, pa.Array.from_pandas(typed[f.name], type=f.type))
+    return table
+
+
+def _audit_complete(per_row: pd.DataFrame, p: AnonymizeParams) -> pd.Series:
+    """Whether each row's audit record holds every field its outcome requires."""
+    always = ["item_id", "detector", "outcome"]
+    processed = [
+        "input_sha256",
+        "detector_version",
+        "model_sha256",
+        "score_threshold",
+        "detect_width",
+        "detect_height",
+        "redaction",
+        "shape",
+        "dilation",
+        "regions",
+        "verified",
+        "residual",
+    ]
+    ok = per_row[always].notna().all(axis=1)
+    done = per_row[processed].notna().all(axis=1)
+    regions_ok = per_row["regions"].map(_valid_regions)
+    published = (
+        done
+        & regions_ok
+        & per_row["output_sha256"].notna()
+        & (per_row["output_sha256"] == per_row["anonymize_sha256"])
+        & (per_row["verified"].fillna(False).astype(bool) == bool(p.verify))
+        & (pd.to_numeric(per_row["residual"]).fillna(-1) == 0)
+    )
+    outcome = per_row["outcome"]
+    result = ok & (
+        ((outcome == PUBLISHED) & published)
+        | ((outcome == RESIDUAL) & done & regions_ok)
+        | (outcome == FAILED)
+    )
+    return result.astype(bool)
+
+
+def _valid_regions(text: Any) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        regions = json.loads(text)
+    except ValueError:
+        return False
+    keys = {"kind", "box", "score", "redaction"}
+    return isinstance(regions, list) and all(
+        isinstance(r, dict) and keys <= set(r) and len(r["box"]) == 4 for r in regions
+    )
