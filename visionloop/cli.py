@@ -22,6 +22,26 @@ STAGE_NAMES = (
 )
 
 
+# Commands that live beside the code they drive, imported only when used (or listed by --help).
+# Each value is "module:attribute" of a click command; keep those modules light at import.
+PLUGIN_COMMANDS: dict[str, str] = {}
+
+
+class LazyGroup(click.Group):
+    """A click group whose plug-in commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *PLUGIN_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in PLUGIN_COMMANDS:
+            import importlib
+
+            module, attr = PLUGIN_COMMANDS[cmd_name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, cmd_name)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -30,7 +50,7 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """visionloop: an open data engine for computer-vision datasets."""
