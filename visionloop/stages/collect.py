@@ -1,0 +1,410 @@
+"""collect: turn every file below the source root into exactly one manifest row.
+
+Each file ends ``accepted`` (bytes copied, unchanged, into the content-addressed store
+``<data>/collect/objects/<id[:2]>/<id><ext>``) or ``quarantined`` with a Reason. Checks, in
+order: the path must not resolve outside the source root (never read otherwise), the bytes must
+be readable, the extension must be one of ``collect.extensions``, the file must not be empty,
+the content must decode fully (format from content, pixel count checked from the header first)
+and must match its extension. Byte-identical files share an item id: in ``finalize`` the first
+by sorted source URI is kept and the others are quarantined as exact duplicates.
+
+Reruns are incremental: a file whose source URI and stamp (size + mtime locally, ETag on S3,
+plus a fingerprint of the collect params) match the previous manifest keeps its previous row
+without being read. The source is only ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from visionloop import imaging, storage
+from visionloop.config import CollectParams, Params
+from visionloop.manifest import ManifestError, quarantine, status_counts
+from visionloop.schema import MANIFEST_SCHEMA, Reason, Status
+from visionloop.stages.base import (
+    Shard,
+    StageSummary,
+    Workspace,
+    clear_work,
+    read_parts,
+    write_work_list,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "collect"
+# Bump when the checks change meaning, so reruns re-inspect files instead of reusing rows.
+LOGIC_VERSION = 1
+STAMP_COLUMN = "collect_source_stamp"
+COLLECT_SCHEMA: pa.Schema = MANIFEST_SCHEMA.append(pa.field(STAMP_COLUMN, pa.string()))
+_WRITTEN = "_object_written"  # part-file only: did this shard write the object
+_PART_SCHEMA: pa.Schema = COLLECT_SCHEMA.append(pa.field(_WRITTEN, pa.bool_()))
+_WORK_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("rel_path", pa.string()),
+        ("size_bytes", pa.int64()),
+        (STAMP_COLUMN, pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    uri: str
+    rel_path: str
+    size: int | None
+    stamp: str | None  # None: nothing trustworthy to compare, always re-inspect
+
+
+def params_fingerprint(cfg: CollectParams) -> str:
+    """Short hash of every collect param that changes a row's outcome."""
+    payload = {
+        "extensions": sorted({e.lower() for e in cfg.extensions}),
+        "max_pixels": cfg.max_pixels,
+        "on_extension_mismatch": cfg.on_extension_mismatch,
+        "logic": LOGIC_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def source_stamp(info: dict[str, Any]) -> str | None:
+    """What identifies a file version without reading it: ETag (S3) or size + mtime (local)."""
+    size = info.get("size")
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"etag={str(etag).strip(chr(34))};size={size}"
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if mtime is None:
+        return None
+    stamp = f"size={size};mtime={mtime}"
+    if info.get("islink"):  # the stat is the target's; a re-pointed link must not match
+        stamp += f";link={info.get('destination')}"
+    return stamp
+
+
+def list_source(source: str) -> list[SourceFile]:
+    """Every file below ``source`` (sorted), with a stamp from the same single listing call.
+
+    Same URIs as ``storage.walk_files``; one ``find(detail=True)`` instead of one HEAD per file
+    on S3. Local symlinks are listed as entries (not followed into directories).
+    """
+    if not storage.exists(source):
+        raise FileNotFoundError(f"collect.source {source!r} does not exist")
+    fs, path = storage.filesystem(source)
+    found = fs.find(path, withdirs=False, detail=True)
+    scheme = source.split("://", 1)[0] if storage.is_remote(source) else None
+    files = []
+    for name in sorted(found):
+        info = found[name]
+        uri = f"{scheme}://{name}" if scheme else name
+        size = info.get("size")
+        files.append(
+            SourceFile(
+                uri=uri,
+                rel_path=storage.relative_to(source, uri),
+                size=int(size) if size is not None else None,
+                stamp=source_stamp(info),
+            )
+        )
+    return files
+
+
+def escapes_root(source: str, uri: str, rel_path: str) -> bool:
+    """True when the file resolves outside the source root (symlink or ``..`` in a key)."""
+    if storage.is_remote(source):
+        norm = posixpath.normpath(rel_path)
+        return norm.startswith("../") or norm == ".." or posixpath.isabs(norm)
+    root = os.path.realpath(source)
+    real = os.path.realpath(uri)
+    return os.path.commonpath([root, real]) != root
+
+
+def object_rel(item_id: str, extension: str) -> str:
+    """Data-root-relative path of an object in the content-addressed store."""
+    return f"{STAGE}/objects/{item_id[:2]}/{item_id}{extension}"
+
+
+def _unread_id(uri: str) -> str:
+    # No bytes were read (path escape, read error), so there is no content hash: use a hash
+    # of the URI so the non-null item_id column stays a 64-hex id that never matches content.
+    return hashlib.sha256(f"unread:{uri}".encode()).hexdigest()
+
+
+def _blank_row(uri: str, rel_path: str, size: int | None, stamp: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {name: None for name in COLLECT_SCHEMA.names}
+    row.update(
+        source_uri=uri,
+        rel_path=rel_path,
+        size_bytes=size,
+        status=Status.ACCEPTED.value,
+        has_gps=None,
+        **{STAMP_COLUMN: stamp},
+    )
+    return row
+
+
+def _reject(row: dict[str, Any], reason: Reason, detail: str) -> dict[str, Any]:
+    row.update(
+        status=Status.QUARANTINED.value,
+        reason=reason.value,
+        reason_detail=detail,
+        quarantined_by=STAGE,
+    )
+    return row
+
+
+def inspect_file(
+    ws: Workspace, cfg: CollectParams, uri: str, rel_path: str, size: int | None, stamp: str | None
+) -> dict[str, Any]:
+    """Decide one file's row; copies accepted bytes into the store. The pixel work of collect."""
+    row = _blank_row(uri, rel_path, size, stamp)
+    row[_WRITTEN] = False
+    if escapes_root(cfg.source, uri, rel_path):
+        row["item_id"] = _unread_id(uri)
+        return _reject(row, Reason.PATH_ESCAPE, "resolves outside collect.source; not read")
+    try:
+        data = storage.read_bytes(uri)
+    except (OSError, ValueError) as err:  # fsspec maps storage errors onto OSError subclasses
+        row["item_id"] = _unread_id(uri)
+        return _reject(row, Reason.UNREADABLE, f"{type(err).__name__}: {err}")
+    row["item_id"] = hashlib.sha256(data).hexdigest()
+    row["size_bytes"] = len(data)
+    ext = posixpath.splitext(rel_path)[1].lower()
+    if ext not in {e.lower() for e in cfg.extensions}:
+        return _reject(
+            row,
+            Reason.UNSUPPORTED_FORMAT,
+            f"extension {ext or '(none)'!r} not in collect.extensions",
+        )
+    if not data:
+        return _reject(row, Reason.EMPTY_FILE, "file has zero bytes")
+    try:
+        info = imaging.probe_and_decode(data, cfg.max_pixels)
+    except imaging.ImageRejected as err:
+        return _reject(row, err.reason, err.detail)
+    row.update(info.manifest_fields())
+    if not imaging.extension_matches(info.format, ext):
+        detail = f"content is {info.format}, name says {ext}"
+        if cfg.on_extension_mismatch == "quarantine":
+            return _reject(row, Reason.EXTENSION_MISMATCH, detail)
+        log.info("%s: %s (accepted: collect.on_extension_mismatch=accept)", rel_path, detail)
+    rel = object_rel(row["item_id"], info.extension)
+    target = ws.resolve(rel)
+    if not storage.exists(target):
+        storage.write_bytes_atomic(target, data)
+        row[_WRITTEN] = True
+    row["object_uri"] = rel
+    return row
+
+
+def _to_frame(table_or_df: pd.DataFrame | None, schema: pa.Schema) -> pd.DataFrame:
+    if table_or_df is None or len(table_or_df) == 0:
+        return schema.empty_table().to_pandas()
+    return table_or_df
+
+
+def quarantine_exact_duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """Among accepted rows sharing an item id keep the first by source URI; quarantine the rest."""
+    df = df.sort_values("source_uri", kind="stable").reset_index(drop=True)
+    acc = df["status"] == Status.ACCEPTED.value
+    kept = df.loc[acc].groupby("item_id")["source_uri"].transform("min")
+    dup_index = kept.index[df.loc[acc, "source_uri"] != kept]
+    if len(dup_index) == 0:
+        return df
+    mask = df.index.isin(dup_index)
+    kept_of = pd.Series(None, index=df.index, dtype=object)
+    kept_of.loc[dup_index] = kept.loc[dup_index]
+    df = quarantine(
+        df, mask, Reason.DUPLICATE_EXACT, "byte-identical to " + kept_of.fillna(""), STAGE
+    )
+    df.loc[mask, "duplicate_of"] = kept_of[mask]
+    return df
+
+
+class CollectStage:
+    """Stage ``collect`` (see module docstring)."""
+
+    name = STAGE
+
+    def plan(self, ws: Workspace, params: Params) -> list[Shard]:
+        cfg = params.collect
+        _refuse_self_ingest(ws, cfg.source)
+        fp = params_fingerprint(cfg)
+        listing = pd.DataFrame(
+            [
+                {
+                    "source_uri": f.uri,
+                    "rel_path": f.rel_path,
+                    "size_bytes": f.size,
+                    STAMP_COLUMN: f"{f.stamp};params={fp}" if f.stamp else None,
+                }
+                for f in list_source(cfg.source)
+            ],
+            columns=_WORK_SCHEMA.names,
+        )
+        previous = _previous_manifest(ws)
+        reuse = _reusable(listing, previous, ws)
+        reused = _undo_duplicates(
+            previous[previous["source_uri"].isin(listing.loc[reuse, "source_uri"])]
+        )
+        todo = listing.loc[~reuse]
+        shards = write_work_list(
+            ws,
+            STAGE,
+            pa.Table.from_pandas(todo, schema=_WORK_SCHEMA, preserve_index=False).to_pandas(),
+            params.run.shard_size,
+        )
+        storage.write_table(ws.work_uri(STAGE, "reused.parquet"), reused, schema=COLLECT_SCHEMA)
+        plan_info = {
+            "listed": len(listing),
+            "reused": len(reused),
+            "to_process": len(todo),
+            "removed_since_last_run": int(
+                (~previous["source_uri"].isin(listing["source_uri"])).sum()
+            ),
+            "params_fingerprint": fp,
+        }
+        storage.write_text_atomic(ws.work_uri(STAGE, "plan.json"), json.dumps(plan_info))
+        log.info(
+            "collect: %d file(s) listed, %d reused from the last manifest, %d to inspect",
+            len(listing),
+            len(reused),
+            len(todo),
+        )
+        return shards
+
+    def process(self, ws: Workspace, params: Params, shard: Shard) -> str:
+        rows = shard.rows()
+        out = []
+        for r in rows.itertuples(index=False):
+            size = None if pd.isna(r.size_bytes) else int(r.size_bytes)
+            stamp = getattr(r, STAMP_COLUMN)
+            out.append(
+                inspect_file(
+                    ws,
+                    params.collect,
+                    r.source_uri,
+                    r.rel_path,
+                    size,
+                    None if pd.isna(stamp) else stamp,
+                )
+            )
+        storage.write_table(shard.part_uri, pa.Table.from_pylist(out, schema=_PART_SCHEMA))
+        n_acc = sum(o["status"] == Status.ACCEPTED.value for o in out)
+        log.info("collect shard %d: %d file(s), %d accepted", shard.index, len(out), n_acc)
+        return shard.part_uri
+
+    def finalize(self, ws: Workspace, params: Params, parts: list[str]) -> StageSummary:
+        plan_info = json.loads(storage.read_text(ws.work_uri(STAGE, "plan.json")))
+        fresh = _to_frame(read_parts(parts), _PART_SCHEMA)
+        # distinct ids: two shards may race to write the same new object (harmless, atomic)
+        written = int(fresh.loc[fresh[_WRITTEN].fillna(False).astype(bool), "item_id"].nunique())
+        fresh = fresh.drop(columns=[_WRITTEN])
+        reused = storage.read_table(ws.work_uri(STAGE, "reused.parquet"))
+        frames = [f for f in (reused, fresh) if len(f)]
+        df = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else COLLECT_SCHEMA.empty_table().to_pandas()
+        )
+        if len(df) != plan_info["listed"] or df["source_uri"].duplicated().any():
+            raise ManifestError(
+                f"collect: {plan_info['listed']} file(s) listed but {len(df)} row(s) "
+                f"({int(df['source_uri'].duplicated().sum())} repeated); every file must come "
+                "out exactly once"
+            )
+        df = quarantine_exact_duplicates(df)
+        manifest_uri = ws.manifest_uri(STAGE)
+        storage.write_table(manifest_uri, df[COLLECT_SCHEMA.names], schema=COLLECT_SCHEMA)
+        clear_work(ws, STAGE)
+        counts = status_counts(df)
+        summary = StageSummary(
+            stage=STAGE,
+            input=counts["input"],
+            accepted=counts["accepted"],
+            quarantined=counts["quarantined"],
+            reasons=counts["reasons"],
+            outputs=[manifest_uri, ws.uri(STAGE, "objects")],
+            details={
+                **plan_info,
+                "objects_written": written,
+                "bytes_accepted": int(
+                    df.loc[df["status"] == Status.ACCEPTED.value, "size_bytes"].sum()
+                ),
+            },
+        )
+        log.info(
+            "collect: %d in, %d accepted, %d quarantined %s",
+            summary.input,
+            summary.accepted,
+            summary.quarantined,
+            summary.reasons,
+        )
+        return summary
+
+
+def _previous_manifest(ws: Workspace) -> pd.DataFrame:
+    """The last collect manifest (empty when there is none or it predates the stamp column)."""
+    uri = ws.manifest_uri(STAGE)
+    if storage.exists(uri):
+        prev = storage.read_table(uri)
+        if STAMP_COLUMN in prev.columns:
+            return prev[COLLECT_SCHEMA.names]
+    return COLLECT_SCHEMA.empty_table().to_pandas()
+
+
+def _reusable(listing: pd.DataFrame, previous: pd.DataFrame, ws: Workspace) -> pd.Series:
+    """Which listed files keep their previous row: same URI, same stamp (incl. params), not a
+    read error (those may be transient), and their stored object still exists."""
+    if previous.empty or listing.empty:
+        return pd.Series(False, index=listing.index)
+    prev = previous.set_index("source_uri")
+    stamp = listing["source_uri"].map(prev[STAMP_COLUMN])
+    reason = listing["source_uri"].map(prev["reason"])
+    obj = listing["source_uri"].map(prev["object_uri"])
+    objects = _existing_objects(ws)
+    return (
+        listing[STAMP_COLUMN].notna()
+        & (stamp == listing[STAMP_COLUMN])
+        & (reason != Reason.UNREADABLE.value)
+        & (obj.isna() | obj.isin(objects))
+    )
+
+
+def _undo_duplicates(rows: pd.DataFrame) -> pd.DataFrame:
+    """Reused duplicates go back to accepted: finalize re-decides duplicates on every run
+    (the kept copy may be gone, or a new file may now sort first)."""
+    rows = rows.copy()
+    dup = (rows["reason"] == Reason.DUPLICATE_EXACT.value) & (rows["quarantined_by"] == STAGE)
+    rows.loc[dup, "status"] = Status.ACCEPTED.value
+    for col in ("reason", "reason_detail", "quarantined_by", "duplicate_of"):
+        rows.loc[dup, col] = None
+    return rows
+
+
+def _existing_objects(ws: Workspace) -> set[str]:
+    """Data-root-relative paths of every object in the store (one listing call)."""
+    root = ws.uri(STAGE, "objects")
+    if not storage.exists(root):
+        return set()
+    return {storage.relative_to(ws.data_dir, uri) for uri in storage.walk_files(root)}
+
+
+def _refuse_self_ingest(ws: Workspace, source: str) -> None:
+    """The data dir inside the source would make collect ingest its own outputs."""
+    if storage.is_remote(source) or storage.is_remote(ws.data_dir):
+        return
+    src = os.path.realpath(source)
+    data = os.path.realpath(ws.data_dir)
+    if os.path.commonpath([src, data]) == src:
+        raise ValueError(f"run.data_dir {ws.data_dir!r} lies inside collect.source {source!r}")
