@@ -59,7 +59,9 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("out_dir")
-@click.option("--n", "n", default=240, show_default=True, help="Number of image files.")
+@click.option(
+    "--n", "n", default=240, show_default=True, help="Files to write, broken ones included."
+)
 @click.option("--seed", default=0, show_default=True)
 def sample(out_dir: str, n: int, seed: int) -> None:
     """Write the bundled sample dataset (images with known truth + COCO/YOLO exports)."""
