@@ -38,31 +38,46 @@ class CollectParams(_Section):
 
 class AnonymizeParams(_Section):
     detector: str = "centerface"
-    score_threshold: float = Field(0.4, gt=0, lt=1)
-    detect_max_side: int = Field(1280, ge=64)  # detection input size; redaction is full-res
+    score_threshold: float = Field(0.25, gt=0, lt=1)  # bench/bench_anonymize.py: recall vs FP
+    detect_max_side: int = Field(1920, ge=64)  # detection input size; redaction is full-res
     redaction: Literal["pixelate", "blur", "fill"] = "pixelate"
     shape: Literal["box", "ellipse"] = "box"
-    dilation: float = Field(0.2, ge=0)  # grow each region by this fraction of its size
-    pixelate_blocks: int = Field(8, ge=2)
+    dilation: float = Field(0.3, ge=0)  # grow each region by this fraction of its size
+    pixelate_blocks: int = Field(8, ge=2)  # blocks across a region's longer side (blur too)
     verify: bool = True  # re-detect on the output; residual faces quarantine the image
+    retry_residual: bool = True  # before quarantining, one solid-fill pass over residual faces
     jpeg_quality: int = Field(95, ge=50, le=100)
+    keep_icc: bool = False  # copy the source's RGB/gray ICC profile (it can name a device)
 
 
 class CurateParams(_Section):
-    blur_threshold: float = 0.25  # blur score below this is blurry
-    dark_threshold: float = 0.2  # brightness score below this is too dark
-    bright_threshold: float = 0.95  # brightness score above this is overexposed
-    low_information_threshold: float = 3.0  # entropy (bits) below this is low information
+    """Quality flags (raw metric -> flag). Only ``work_max_side`` changes the metrics themselves
+    (it is in the feature-cache fingerprint); every other key re-thresholds cached values.
+    Defaults tuned on bench/bench_curate.py's tuning set (seed 1), reported on seed 0."""
+
+    work_max_side: int = Field(512, ge=32)  # metrics are computed on a copy this long at most
+    blur_threshold: float = Field(0.2, ge=0, le=1)  # blur score (1 = sharp) below this: blurry
+    dark_threshold: float = Field(0.25, ge=0, le=1)  # 99th-pct luminance below this: too dark
+    bright_threshold: float = Field(0.8, ge=0, le=1)  # 5th-pct luminance above this: overexposed
+    low_information_threshold: float = Field(1.4, ge=0, le=8)  # entropy (bits) below: flat
     phash_radius: int = Field(8, ge=0, le=64)  # Hamming radius for near duplicates
+    phash_min_entropy: float = Field(1.4, ge=0, le=8)  # flatter images never match (noise hash)
+    day_start_hour: int = Field(6, ge=0, le=23)  # EXIF capture hour in [start, night) is day
+    night_start_hour: int = Field(20, ge=0, le=24)
+    night_brightness: float = Field(0.3, ge=0, le=1)  # no EXIF hour: mean luminance below: night
 
 
 class AnnotationSource(_Section):
-    format: Literal["coco", "yolo"]
-    path: str
+    format: Literal["auto", "coco", "yolo"]  # "auto" = detect_format(); it refuses ambiguity
+    path: str  # file or folder, relative to the working directory, or s3://
 
 
 class ImportAnnotationsParams(_Section):
     sources: list[AnnotationSource] = Field(default_factory=list)
+    # A coordinate may fall outside the image by this fraction of the side (at least 1 px):
+    # the box is clipped with a warning. Further out, the annotation is an error, not imported.
+    out_of_bounds_tolerance: float = Field(0.01, ge=0, le=1)
+    max_coordinate: float = Field(100_000.0, gt=0)  # |coordinate| above this is absurd (error)
 
 
 class ValidateParams(_Section):
@@ -70,13 +85,17 @@ class ValidateParams(_Section):
     min_accepted: int = Field(1, ge=0)
     max_unmatched_annotation_fraction: float = Field(0.05, ge=0, le=1)
     bbox_tolerance_px: float = Field(1.0, ge=0)  # boxes may poke this far past the image edge
-    max_drifted_fraction: float = Field(0.0, ge=0, le=1)  # share of drifted features, warning
     data_docs: bool = True
+    keep_validations: int = Field(20, ge=1)  # GX results kept per gate (Data Docs history)
 
 
 class RefreshParams(_Section):
     reference: str = "latest"  # a dataset-vN tag, "latest", or "none"
-    drift_threshold: float = Field(0.2, ge=0)  # KS statistic above which a metric drifts
+    # Effect size above which a feature drifts: KS statistic (numeric) or total-variation
+    # distance (categorical); both are in 0..1.
+    drift_threshold: float = Field(0.2, ge=0)
+    drift_alpha: float = Field(0.05, gt=0, le=1)  # ...and its test p-value must be below this
+    dataset_drift_share: float = Field(0.5, gt=0, le=1)  # drifted share of features: dataset drift
     annotate_budget: int = Field(50, ge=0)
 
 

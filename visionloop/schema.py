@@ -103,6 +103,13 @@ ANNOTATION_SCHEMA = pa.schema(
         pa.field("source_format", pa.string(), nullable=False),  # coco, yolo, ...
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_pointer", pa.string(), nullable=False),  # JSON pointer or "line N"
-        pa.field("match_status", pa.string(), nullable=False),  # matched | unmatched
+        # matched (item accepted after curate) | quarantined_item | unmatched (no such image)
+        pa.field("match_status", pa.string(), nullable=False),
+        # Added by import_annotations: how the image was found and what the export said about it.
+        # rel_path | file_name | path_suffix | subset_folder | sha256 (see annotations/match.py)
+        pa.field("match_method", pa.string()),
+        pa.field("subset", pa.string()),  # train/val/... as named by the export, when it has one
+        pa.field("image_sha256", pa.string()),  # content hash given by the export, if any
+        pa.field("source_annotation_id", pa.string()),  # the export's own annotation id
     ]
 )
