@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 TAG_PREFIX = "dataset-v"
 _TAG_RE = re.compile(rf"^{re.escape(TAG_PREFIX)}(\d+)$")
 # What a snapshot commit records besides the data hashes in dvc.lock.
-SNAPSHOT_PATHS = ("dvc.lock", "params.yaml", "gx/expectations")
+SNAPSHOT_PATHS = ("dvc.lock", "params.yaml", "gx")
 
 
 class SnapshotError(RuntimeError):
