@@ -28,16 +28,24 @@ PLUGIN_COMMANDS: dict[str, str] = {}
 
 
 class LazyGroup(click.Group):
-    """A click group whose plug-in commands are imported on first use."""
+    """A click group whose plug-in commands are imported on first use.
+
+    ``lazy`` maps a command name to "module:attribute"; the top-level group uses
+    ``PLUGIN_COMMANDS``, sub-groups (``visionloop labels ...``) can pass their own.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = PLUGIN_COMMANDS if lazy is None else lazy
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *PLUGIN_COMMANDS])
+        return sorted([*super().list_commands(ctx), *self.lazy])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in PLUGIN_COMMANDS:
+        if cmd_name in self.lazy:
             import importlib
 
-            module, attr = PLUGIN_COMMANDS[cmd_name].split(":")
+            module, attr = self.lazy[cmd_name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, cmd_name)
 
