@@ -141,7 +141,7 @@ def build_report(ws: Workspace, params: Params, snapshot: str | None = None) -> 
                     for r in failed
                 )
                 or "-",
-                "Data Docs": g.get("docs_path", ""),
+                "Data Docs": "gx/uncommitted/data_docs/local_site/index.html",
             }
         )
     parts.append(_table(gate_rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,9 @@ def test_an_annotation_error_blocks_after_writing_the_report(gx_root: str, tmp_p
     ]
     message = str(info.value)
     assert "unmatched_fraction" in message and "2 of 10 rows failed" in message
-    docs = report["gates"]["import_annotations"]["docs_path"]
-    assert docs in message and os.path.isfile(docs)
+    assert "docs_path" not in report["gates"]["import_annotations"]  # stable, DVC-tracked
+    docs = re.search(r"(/\S+\.html)", message).group(1)
+    assert os.path.isfile(docs)
     summary = read_summary(ws, "validate")  # written before raising
     assert summary is not None and summary.details["success"] is False
     assert summary.details["gates"]["import_annotations"] == {

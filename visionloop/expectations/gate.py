@@ -96,6 +96,9 @@ class ExpectationOutcome:
         return f"{head}: observed {_short(self.observed_value)} (expected {_short(bounds)})"
 
 
+VOLATILE_FIELDS = ("docs_path", "docs_index", "run_time", "elapsed_s")
+
+
 @dataclass
 class GateResult:
     """The outcome of one gate run (``<data>/<stage>/gate.json``)."""
@@ -127,8 +130,19 @@ class GateResult:
                 return e
         raise KeyError(f"gate {self.gate!r} has no expectation {key!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, stable: bool = True) -> dict[str, Any]:
+        """As a dict; ``stable`` leaves out when and where the run happened.
+
+        gate.json and validate's report live inside DVC-tracked outputs: with the timestamps
+        and Data Docs paths left out, the same data and suites give byte-identical files, so
+        `dvc repro` does not rerun downstream stages and a rerun after a crash reproduces the
+        snapshot exactly. Those fields stay on the object, in the logs and in the artifacts.
+        """
+        data = asdict(self)
+        if stable:
+            for key in VOLATILE_FIELDS:
+                data.pop(key, None)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)

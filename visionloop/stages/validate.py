@@ -98,7 +98,8 @@ class ValidateStage:
         out = []
         for gate in shard.rows()["gate"]:
             result = evaluate_gate(gate, ws, params, context_root=self.context_root)
-            out.append({"gate": gate, "success": result.success, "result": result.to_json()})
+            full = json.dumps(result.to_dict(stable=False), default=str)  # keeps the docs path
+            out.append({"gate": gate, "success": result.success, "result": full})
         frame = pd.DataFrame(out, columns=["gate", "success", "result"])
         storage.write_table(shard.part_uri, frame)
         return shard.part_uri
