@@ -20,7 +20,14 @@ from visionloop.stages.base import StageSummary
 
 # Overrides a flow run may pass: how to run, never what to compute (dvc.lock records
 # params.yaml, so a threshold changed only for one run would make the lock lie).
-RUN_KEYS = ("run.runner", "run.max_workers", "run.dask_address", "run.shard_size")
+RUN_KEYS = (
+    "run.runner",
+    "run.max_workers",
+    "run.dask_address",
+    "run.shard_size",
+    "run.retries",
+    "run.retry_delay_seconds",
+)
 
 
 def _params(params_path: str, overrides: dict[str, Any] | None) -> Params:
@@ -33,7 +40,9 @@ def _params(params_path: str, overrides: dict[str, Any] | None) -> Params:
 
 def run_one_stage(name: str, params: Params, runner: Any) -> StageSummary:
     shards = plan_stage(name, params)
-    futures = runner.map(process_shard, {"shard": shards, "params": unmapped(params)})
+    delays = [params.run.retry_delay_seconds * 2**i for i in range(params.run.retries)]
+    task = process_shard.with_options(retries=params.run.retries, retry_delay_seconds=delays)
+    futures = runner.map(task, {"shard": shards, "params": unmapped(params)})
     parts = [f.result() for f in futures]
     return finalize_stage(name, params, parts)
 

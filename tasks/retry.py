@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Errors a second attempt may not hit: S3 endpoints briefly down, timeouts, connection resets.
-TRANSIENT = (ConnectionError, TimeoutError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TRANSIENT):
-        return True
-    name = type(exc).__name__
-    # botocore/aiohttp errors without importing them here
-    return name in {"EndpointConnectionError", "ClientConnectorError", "ServerDisconnectedError"}
+from visionloop.storage import is_transient
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -24,8 +24,8 @@ def plan_stage(name: str, params: Params) -> list[Shard]:
     name="process-shard",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retries=3,
-    retry_delay_seconds=[2, 8, 30],
+    retries=3,  # the flow sets retries and delays from params.run
+    retry_delay_seconds=[2, 4, 8],
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_on_transient,
     task_run_name="{shard.stage}-shard-{shard.index}",

@@ -20,6 +20,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+# Errors a second attempt may not hit: an endpoint briefly down, a timeout, a reset connection.
+# Matched by class name through the MRO so that botocore/aiohttp need not be imported here
+# (botocore's ConnectionError is not the builtin one).
+_TRANSIENT_NAMES = frozenset(
+    {
+        "ConnectionError",
+        "TimeoutError",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for storage/network errors worth retrying; False for missing or broken data.
+
+    Stages quarantine an item only for what is wrong with the item; a transient error must
+    propagate so the task is retried (and the run fails if it persists), never quarantine.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(c.__name__ in _TRANSIENT_NAMES for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")

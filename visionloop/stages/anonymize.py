@@ -28,7 +28,8 @@ import pandas as pd
 import pyarrow as pa
 
 from visionloop import manifest, storage
-from visionloop.anonymize.detectors import Detector, Regions, get_detector
+from visionloop.anonymize.detectors import Detector, Regions
+from visionloop.anonymize.ensemble import EnsembleDetector, member_records
 from visionloop.anonymize.publish import (
     EXTENSIONS,
     encode_clean,
@@ -86,6 +87,23 @@ AUDIT_SCHEMA = pa.schema(
         pa.field("residual", pa.int32()),
         pa.field("status", pa.string()),
         pa.field("reason", pa.string()),
+        pa.field("models", pa.string()),  # JSON [{detector, version, licence, model_sha256, ...}]
+    ]
+)
+
+# One row per redacted region (the audit's regions JSON, exploded), and the review queue.
+REGIONS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("region", pa.int32()),  # index in the audit row's regions list
+        pa.field("kind", pa.string()),
+        pa.field("x0", pa.int32()),
+        pa.field("y0", pa.int32()),
+        pa.field("x1", pa.int32()),
+        pa.field("y1", pa.int32()),
+        pa.field("score", pa.float64()),
+        pa.field("redaction", pa.string()),
+        pa.field("status", pa.string()),
     ]
 )
 
@@ -98,7 +116,7 @@ def fingerprint(p: AnonymizeParams, detector: Detector) -> str:
     blob = json.dumps(
         {
             "logic": LOGIC_VERSION,
-            "detector": p.detector,
+            "detector": detector_label(p),
             "detector_version": str(detector.version),
             "model_sha256": str(detector.model_sha256),
             "params": p.model_dump(mode="json"),
@@ -108,8 +126,33 @@ def fingerprint(p: AnonymizeParams, detector: Detector) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def build_detector(p: AnonymizeParams) -> Detector:
-    return get_detector(p.detector, score_threshold=p.score_threshold, max_side=p.detect_max_side)
+def detector_label(p: AnonymizeParams) -> str:
+    """The audit's name for the configured detection: ``ensemble``, ``centerface+plate``..."""
+    return f"{p.detector}+{p.plate_detector}" if p.plates else p.detector
+
+
+def face_members(p: AnonymizeParams) -> list[str]:
+    return list(p.ensemble) if p.detector == "ensemble" else [p.detector]
+
+
+def build_detector(p: AnonymizeParams) -> EnsembleDetector:
+    """Everything one image is searched with: the face detector(s), each with its threshold
+    and small-face pass, and the plate detector when ``plates`` is on (never tiled)."""
+    faces = face_members(p)
+    members = [*faces, p.plate_detector] if p.plates else faces
+    return EnsembleDetector(
+        members=members,
+        score_threshold=p.score_threshold,
+        max_side=p.detect_max_side,
+        thresholds=p.thresholds,
+        upscale=p.upscale,
+        upscale_max_side=p.upscale_max_side,
+        upscale_max_face=p.upscale_max_face,
+        tile_overlap=p.tile_overlap,
+        tiled=faces,
+        review_band=p.review_band,
+        label=detector_label(p),
+    )
 
 
 def object_rel(item_id: str, fmt: str) -> str:
@@ -138,16 +181,63 @@ class AnonymizeError(RuntimeError):
         super().__init__(f"{step}: {re.sub(r' at 0x[0-9a-fA-F]+', '', text)}"[:1000])
 
 
+def detect_for_redaction(
+    detector: Detector, pixels: np.ndarray
+) -> tuple[Regions, list[dict[str, Any]]]:
+    """Regions to redact and near-threshold review entries (a plain detector has none)."""
+    height, width = pixels.shape[:2]
+    detect_all = getattr(detector, "detect_all", None)
+    if callable(detect_all):
+        found, near = detect_all(pixels)
+    else:
+        found, near = detector.detect(pixels), []
+    return found.clipped(width, height), near
+
+
+def _review_entries(
+    found: Regions, near: list[dict[str, Any]], residual: Regions, p: AnonymizeParams
+) -> list[dict[str, Any]]:
+    """What a human should look at: near-threshold scores, very small faces, residual faces."""
+    out = [{**n, "reason": "near_threshold"} for n in near]
+    side = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
+    for box, score, kind, s in zip(found.boxes, found.scores, found.kind, side, strict=True):
+        if kind == "face" and s < p.review_small_face:
+            out.append(
+                {
+                    "reason": "small_face",
+                    "kind": "face",
+                    "box": [round(float(v), 1) for v in box],
+                    "score": round(float(score), 4),
+                    "redacted": True,
+                }
+            )
+    for box, score, kind in zip(residual.boxes, residual.scores, residual.kind, strict=True):
+        out.append(
+            {
+                "reason": "residual",
+                "kind": str(kind),
+                "box": [round(float(v), 1) for v in box],
+                "score": round(float(score), 4),
+                "redacted": False,
+            }
+        )
+    return out
+
+
 def anonymize_image(
     data: bytes,
     source_format: str | None,
     detector: Detector,
     p: AnonymizeParams,
     max_pixels: int | None = None,
+    held: Regions | None = None,
+    found: tuple[Regions, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Redact, encode and verify one image in memory; the caller decides what to publish.
 
-    Raises on any failure; every step that can fail is named in the error (``step: ...``).
+    ``held`` are extra regions to redact (a video track held over frames where it was not
+    seen); ``found`` is a detection already made on these pixels (video: first pass), so it is
+    not repeated. Raises on any failure; every step that can fail is named (``step: ...``).
     """
     step = "decode"
     try:
@@ -156,17 +246,20 @@ def anonymize_image(
         step = "detect"
         size = getattr(detector, "detect_size", None)
         detect_w, detect_h = size(width, height) if callable(size) else (width, height)
-        found = detector.detect(pixels).clipped(width, height)
+        regions, near = found if found is not None else detect_for_redaction(detector, pixels)
+        regions = regions.clipped(width, height)
+        if held is not None and len(held):
+            regions = Regions.concat([regions, held.clipped(width, height)])
         step = "redact"
         redacted, applied = redact(
             pixels,
-            found.boxes,
+            regions.boxes,
             method=p.redaction,
             shape=p.shape,
             dilation=p.dilation,
             blocks=p.pixelate_blocks,
         )
-        records = _region_records(found, applied, p.redaction)
+        records = _region_records(regions, applied, p.redaction)
         step = "encode"
         fmt = output_format(source_format)
         icc = source_icc(data, redacted) if p.keep_icc else None
@@ -206,8 +299,12 @@ def anonymize_image(
         "verified": bool(p.verify),
         "retried": retried,
         "regions": json.dumps(records, sort_keys=True),
+        "review": _review_entries(regions, near, residual, p),
+        "models": json.dumps(member_records(detector), sort_keys=True),
         "detect_width": int(detect_w),
         "detect_height": int(detect_h),
+        "width": int(width),
+        "height": int(height),
     }
 
 
@@ -290,7 +387,7 @@ class AnonymizeStage:
         item_id = row.item_id
         result: dict[str, Any] = {
             "item_id": item_id,
-            "detector": p.detector,
+            "detector": detector_label(p),
             "detector_version": getattr(detector, "version", None),
             "model_sha256": getattr(detector, "model_sha256", None),
             "score_threshold": p.score_threshold,
@@ -299,6 +396,7 @@ class AnonymizeStage:
             "dilation": p.dilation,
             "fingerprint": fp,
             "retried": False,
+            "models": json.dumps(member_records(detector), sort_keys=True) if detector else None,
         }
         step = "withdraw"
         try:
@@ -320,6 +418,8 @@ class AnonymizeStage:
                 detect_width=out["detect_width"],
                 detect_height=out["detect_height"],
                 regions=out["regions"],
+                models=out["models"],
+                review=json.dumps(out["review"], sort_keys=True),
                 verified=out["verified"],
                 residual=out["residual"],
                 retried=out["retried"],
@@ -343,6 +443,8 @@ class AnonymizeStage:
                     anonymize_sha256=result["output_sha256"],
                 )
         except Exception as exc:
+            if storage.is_transient(exc):
+                raise  # storage outage: the shard fails and is retried; nothing is quarantined
             error = exc if isinstance(exc, AnonymizeError) else AnonymizeError(step, exc)
             for ext in EXTENSIONS:
                 storage.remove(ws.resolve(object_rel(item_id, ext)))
@@ -386,7 +488,7 @@ class AnonymizeStage:
                         "item_id": i,
                         "outcome": FAILED,
                         "detail": "no anonymize result was produced",
-                        "detector": p.detector,
+                        "detector": detector_label(p),
                         "anonymize_metadata_stripped": False,
                     }
                     for i in missing
@@ -431,6 +533,11 @@ class AnonymizeStage:
                 _typed(audit, AUDIT_SCHEMA), schema=AUDIT_SCHEMA, preserve_index=False
             ),
         )
+        storage.write_table(ws.uri(NAME, "regions.parquet"), regions_table(audit))
+        from visionloop.anonymize.review import review_table
+
+        rows = after[accepted_mask | (after["quarantined_by"] == NAME)]
+        storage.write_table(ws.uri(NAME, "review.parquet"), review_table(rows, per_row))
 
         # Cache what a rerun may reuse. Failures are retried (model, storage and memory errors
         # may be transient), except undecodable files: their bytes cannot change under an id.
@@ -454,7 +561,12 @@ class AnonymizeStage:
             accepted=counts["accepted"],
             quarantined=counts["quarantined"],
             reasons=counts["reasons"],
-            outputs=[ws.manifest_uri(NAME), ws.uri(NAME, "audit.parquet")],
+            outputs=[
+                ws.manifest_uri(NAME),
+                ws.uri(NAME, "audit.parquet"),
+                ws.uri(NAME, "regions.parquet"),
+                ws.uri(NAME, "review.parquet"),
+            ],
             details={
                 "processed": n_new,
                 "reused": len(reused),
@@ -467,7 +579,7 @@ class AnonymizeStage:
                 else 0,
                 "ms_per_image": round(float(new["elapsed_ms"].mean()), 1) if n_new else None,
                 "stale_objects_removed": removed,
-                "detector": p.detector,
+                "detector": detector_label(p),
                 "detector_version": _first(per_row["detector_version"]),
                 "model_sha256": _first(per_row["model_sha256"]),
                 "score_threshold": p.score_threshold,
@@ -491,6 +603,34 @@ class AnonymizeStage:
         return removed
 
 
+def regions_table(audit: pd.DataFrame) -> pa.Table:
+    """One row per redacted region of each audit row (boxes in published-image pixels)."""
+    rows = []
+    for rec in audit.itertuples():
+        if not isinstance(rec.regions, str):
+            continue
+        for i, r in enumerate(json.loads(rec.regions)):
+            x0, y0, x1, y1 = r["box"]
+            rows.append(
+                {
+                    "item_id": rec.item_id,
+                    "region": i,
+                    "kind": r["kind"],
+                    "x0": x0,
+                    "y0": y0,
+                    "x1": x1,
+                    "y1": y1,
+                    "score": r["score"],
+                    "redaction": r["redaction"],
+                    "status": rec.status,
+                }
+            )
+    df = pd.DataFrame(rows, columns=REGIONS_SCHEMA.names)
+    return pa.Table.from_pandas(
+        _typed(df, REGIONS_SCHEMA), schema=REGIONS_SCHEMA, preserve_index=False
+    )
+
+
 def _first(values: pd.Series) -> Any:
     present = values.dropna()
     return str(present.iloc[0]) if len(present) else None
@@ -504,6 +644,7 @@ def _result_schema() -> pa.Schema:
         pa.field("elapsed_ms", pa.float64()),
         pa.field("retried", pa.bool_()),
         pa.field("failed_step", pa.string()),
+        pa.field("review", pa.string()),  # JSON review entries (review.parquet)
     ]
     audit = [f for f in AUDIT_SCHEMA if f.name not in ("status", "reason")]
     manifest_fields = [f for f in MANIFEST_FIELDS if f.name != "anonymize_audit_complete"]

@@ -175,6 +175,8 @@ def inspect_file(
     try:
         data = storage.read_bytes(uri)
     except (OSError, ValueError) as err:  # fsspec maps storage errors onto OSError subclasses
+        if storage.is_transient(err):
+            raise  # an outage is not a property of the file: fail the shard, retry it
         row["item_id"] = _unread_id(uri)
         return _reject(row, Reason.UNREADABLE, f"{type(err).__name__}: {err}")
     row["item_id"] = hashlib.sha256(data).hexdigest()

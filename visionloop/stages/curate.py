@@ -352,7 +352,9 @@ def _measure(ws: Workspace, row: Any, work_max_side: int, fingerprint: str) -> d
     }
     try:
         data = storage.read_bytes(ws.resolve(row.anonymize_object_uri))
-    except OSError as exc:  # missing object, permissions, network: retry on the next run
+    except OSError as exc:  # missing object, permissions: retry on the next run
+        if storage.is_transient(exc):
+            raise  # storage outage: fail the shard so the task is retried
         log.warning("curate: cannot read %s: %s", row.anonymize_object_uri, exc)
         rec.update(error=f"unreadable: {type(exc).__name__}: {exc}", transient=True)
         return rec
