@@ -25,6 +25,8 @@ class RunParams(_Section):
     runner: Literal["threads", "processes", "dask"] = "threads"
     max_workers: int = Field(2, ge=1)  # bound for the thread/process pool
     dask_address: str | None = None  # an existing scheduler; None starts a LocalCluster
+    retries: int = Field(3, ge=0)  # per shard, on transient storage/network errors only
+    retry_delay_seconds: float = Field(2.0, ge=0)  # first backoff; doubles on each retry
 
 
 class CollectParams(_Section):
