@@ -80,7 +80,7 @@ def pipeline(
             f"{n}: {c['accepted']} accepted, {c['quarantined']} quarantined {c['reasons']}"
             for n, c in counts.items()
         )
-        snap = snapshot_task(message, repo_dir)
+        snap = snapshot_task(message, params, repo_dir)
         result["snapshot"] = snap.tag
         result["snapshot_created"] = snap.created
         result["pushed"] = snap.pushed

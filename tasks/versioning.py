@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from visionloop import snapshots, storage
 from visionloop.config import Params
+from visionloop.schema import STAGES
 
 
 @task(
@@ -33,6 +34,12 @@ def dvc_commit(stage: str, params: Params, repo_dir: str = ".") -> bool:
 
 
 @task(name="snapshot", cache_policy=NO_CACHE, persist_result=False, tags=["visionloop-dvc"])
-def snapshot_task(message: str, repo_dir: str = ".") -> snapshots.SnapshotResult:
+def snapshot_task(message: str, params: Params, repo_dir: str = ".") -> snapshots.SnapshotResult:
+    data_dir = params.run.data_dir
     with snapshots.repo_lock(repo_dir):
-        return snapshots.cut_snapshot(repo_dir, message=message)
+        return snapshots.cut_snapshot(
+            repo_dir,
+            message=message,
+            remote_data_dir=data_dir if storage.is_remote(data_dir) else None,
+            stages=STAGES,
+        )

@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 TAG_PREFIX = "dataset-v"
 _TAG_RE = re.compile(rf"^{re.escape(TAG_PREFIX)}(\d+)$")
 # What a snapshot commit records besides the data hashes in dvc.lock.
-SNAPSHOT_PATHS = ("dvc.lock", "params.yaml", "gx")
+SNAPSHOT_PATHS = ("dvc.lock", "params.yaml", "gx", "remote-outputs.json")
+# Outputs on s3:// are not DVC-tracked: a snapshot freezes a copy of each stage's small files
+# (manifests, tables, reports) under <data_dir>/snapshots/<tag>/ and pins them by sha256 in
+# remote-outputs.json; the manifests pin the content-addressed images in turn.
+REMOTE_LOCK = "remote-outputs.json"
+_NOT_FROZEN = ("objects", "_work")
 
 
 class SnapshotError(RuntimeError):
@@ -172,6 +177,13 @@ def load_reference(
     tag = resolve_ref(ref, repo_dir)
     if tag is None:
         return None
+    remote = _git(repo_dir, "show", f"{tag}:{REMOTE_LOCK}", check=False)
+    if remote.returncode == 0:
+        from visionloop import storage
+
+        lock = json.loads(remote.stdout)
+        uri = storage.join(lock["prefix"], "curate", "manifest.parquet")
+        return storage.read_table(uri)
     rel = os.path.normpath(os.path.join(data_dir, "curate", "manifest.parquet"))
     data = read_at_tag(tag, rel, repo_dir)
     return pq.read_table(io.BytesIO(data)).to_pandas()
@@ -182,15 +194,66 @@ def has_remote(repo_dir: str | Path = ".") -> bool:
     return bool(proc.stdout.strip())
 
 
+def _stage_files(data_dir: str, stages: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of every small output file of each stage (objects are pinned by the manifests)."""
+    import hashlib
+
+    from visionloop import storage
+
+    files: dict[str, str] = {}
+    for stage in stages:
+        root = storage.join(data_dir, stage)
+        if not storage.exists(root):
+            continue
+        for uri in storage.walk_files(root):
+            rel = storage.relative_to(data_dir, uri)
+            if rel.split("/")[1] in _NOT_FROZEN:
+                continue
+            files[rel] = hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+    return dict(sorted(files.items()))
+
+
+def freeze_remote_outputs(
+    data_dir: str, stages: tuple[str, ...], tag: str, repo_dir: str | Path = "."
+) -> bool:
+    """Copy each stage's small outputs to ``<data_dir>/snapshots/<tag>/`` and pin them.
+
+    Returns False (and copies nothing) when they are identical to the ones already pinned.
+    """
+    from visionloop import storage
+
+    files = _stage_files(data_dir, stages)
+    lock_path = Path(repo_dir) / REMOTE_LOCK
+    if lock_path.exists() and json.loads(lock_path.read_text()).get("files") == files:
+        return False
+    prefix = storage.join(data_dir, "snapshots", tag)
+    for rel in files:
+        storage.write_bytes_atomic(
+            storage.join(prefix, rel), storage.read_bytes(storage.join(data_dir, rel))
+        )
+    lock = {"data_dir": data_dir, "snapshot": tag, "prefix": prefix, "files": files}
+    lock_path.write_text(json.dumps(lock, indent=2) + "\n")
+    return True
+
+
 def cut_snapshot(
-    repo_dir: str | Path = ".", message: str = "", push: bool | None = None
+    repo_dir: str | Path = ".",
+    message: str = "",
+    push: bool | None = None,
+    remote_data_dir: str | None = None,
+    stages: tuple[str, ...] = (),
 ) -> SnapshotResult:
     """Commit ``dvc.lock``, ``params.yaml`` and the suites to git, tag ``dataset-vN`` and push.
 
+    With ``remote_data_dir`` (outputs on s3://), the stages' small outputs are frozen under
+    ``<data_dir>/snapshots/<tag>/`` and pinned in ``remote-outputs.json`` instead of DVC.
     When nothing changed since the latest snapshot, no commit or tag is made and the latest tag
     is returned with ``created=False``.
     """
     root = Path(repo_dir)
+    tag = next_tag(root)
+    if remote_data_dir is not None:
+        freeze_remote_outputs(remote_data_dir, stages, tag, root)
     paths = [p for p in SNAPSHOT_PATHS if (root / p).exists()]
     _git(root, "add", "--", *paths)
     staged = _git(root, "diff", "--cached", "--quiet", "--", *paths, check=False).returncode != 0
@@ -200,7 +263,6 @@ def cut_snapshot(
         at_tag = _git(root, "rev-list", "-n", "1", latest).stdout.strip()
         if head == at_tag or not _lock_differs(root, latest):
             return SnapshotResult(latest, at_tag, created=False, pushed=False)
-    tag = next_tag(root)
     body = message or f"Snapshot {tag}"
     title = f"{tag}: dataset snapshot"
     _git(root, "commit", "--allow-empty", "-m", title, "-m", body, "--", *paths)
@@ -216,5 +278,6 @@ def cut_snapshot(
 
 
 def _lock_differs(root: Path, tag: str) -> bool:
-    proc = _git(root, "diff", "--quiet", tag, "--", "dvc.lock", "params.yaml", check=False)
+    paths = ("dvc.lock", "params.yaml", REMOTE_LOCK)
+    proc = _git(root, "diff", "--quiet", tag, "--", *paths, check=False)
     return proc.returncode != 0
