@@ -16,6 +16,7 @@ from tasks.versioning import dvc_commit, snapshot_task
 from visionloop.config import Params, load_params
 from visionloop.pipeline import GATE_AFTER
 from visionloop.schema import STAGES
+from visionloop.snapshots import run_lock
 from visionloop.stages.base import StageSummary
 
 # Overrides a flow run may pass: how to run, never what to compute (dvc.lock records
@@ -27,6 +28,7 @@ RUN_KEYS = (
     "run.shard_size",
     "run.retries",
     "run.retry_delay_seconds",
+    "run.on_busy",
 )
 
 
@@ -61,7 +63,10 @@ def pipeline(
     log = get_run_logger()
     params = _params(str(Path(repo_dir) / params_path), overrides)
     counts: dict[str, dict[str, Any]] = {}
-    with make_task_runner(params.run) as runner:
+    with (
+        run_lock(repo_dir, wait=params.run.on_busy == "wait"),
+        make_task_runner(params.run) as runner,
+    ):
         for name in STAGES:
             summary = run_one_stage(name, params, runner)
             counts[name] = {
@@ -74,17 +79,17 @@ def pipeline(
             if name in GATE_AFTER:
                 gate_task(GATE_AFTER[name], params, context_root=repo_dir)
             dvc_commit(name, params, repo_dir)
-    result: dict[str, Any] = {"snapshot": None, "counts": counts}
-    if snapshot:
-        message = "\n".join(
-            f"{n}: {c['accepted']} accepted, {c['quarantined']} quarantined {c['reasons']}"
-            for n, c in counts.items()
-        )
-        snap = snapshot_task(message, params, repo_dir)
-        result["snapshot"] = snap.tag
-        result["snapshot_created"] = snap.created
-        result["pushed"] = snap.pushed
-    result["report"] = report_task(params, result["snapshot"])
+        result: dict[str, Any] = {"snapshot": None, "counts": counts}
+        if snapshot:
+            message = "\n".join(
+                f"{n}: {c['accepted']} accepted, {c['quarantined']} quarantined {c['reasons']}"
+                for n, c in counts.items()
+            )
+            snap = snapshot_task(message, params, repo_dir)
+            result["snapshot"] = snap.tag
+            result["snapshot_created"] = snap.created
+            result["pushed"] = snap.pushed
+        result["report"] = report_task(params, result["snapshot"])
     create_markdown_artifact(key="pipeline-summary", markdown=_markdown(result))
     return result
 

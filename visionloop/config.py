@@ -27,6 +27,7 @@ class RunParams(_Section):
     dask_address: str | None = None  # an existing scheduler; None starts a LocalCluster
     retries: int = Field(3, ge=0)  # per shard, on transient storage/network errors only
     retry_delay_seconds: float = Field(2.0, ge=0)  # first backoff; doubles on each retry
+    on_busy: Literal["fail", "wait"] = "fail"  # another run holds this workspace
 
 
 class CollectParams(_Section):

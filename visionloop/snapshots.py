@@ -79,12 +79,15 @@ def _dvc(repo_dir: str | Path, *args: str, check: bool = True) -> subprocess.Com
 
 
 @contextlib.contextmanager
-def repo_lock(repo_dir: str | Path, wait: bool = True) -> Iterator[None]:
+def repo_lock(
+    repo_dir: str | Path, wait: bool = True, name: str = "visionloop.lock"
+) -> Iterator[None]:
     """Serialise DVC and git writes between concurrent runs on one workspace.
 
-    ``wait=False`` fails at once with a clear message instead of queueing.
+    ``wait=False`` fails at once with a clear message instead of queueing. The lock is an
+    ``flock``: the kernel releases it when its holder dies, so a killed run never leaves it.
     """
-    path = Path(repo_dir) / ".dvc" / "tmp" / "visionloop.lock"
+    path = Path(repo_dir) / ".dvc" / "tmp" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
@@ -98,6 +101,11 @@ def repo_lock(repo_dir: str | Path, wait: bool = True) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_lock(repo_dir: str | Path, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+    """Held for a whole pipeline run: two runs on one workspace would write the same outputs."""
+    return repo_lock(repo_dir, wait=wait, name="visionloop-run.lock")
 
 
 def list_tags(repo_dir: str | Path = ".") -> list[str]:
