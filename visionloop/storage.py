@@ -140,18 +140,25 @@ def read_table(uri: str) -> pd.DataFrame:
         return pq.read_table(fh).to_pandas()
 
 
+def list_files(root: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every file below ``root`` with its listing info (size, mtime or ETag), sorted by URI.
+
+    One ``find(detail=True)`` call: on S3 that is a paged LIST, not one HEAD per object. URIs
+    keep the root's own form (a relative local root stays relative), so manifests do not depend
+    on where the checkout lives.
+    """
+    fs, path = filesystem(root)
+    found = fs.find(path, withdirs=False, detail=True)
+    if is_remote(root):
+        return [(fs.unstrip_protocol(p), found[p]) for p in sorted(found)]
+    base = os.path.abspath(root)
+    return [(os.path.join(root, os.path.relpath(p, base)), found[p]) for p in sorted(found)]
+
+
 def walk_files(root: str) -> Iterator[str]:
     """Yield every file below ``root`` as a URI in the root's own scheme, in sorted order."""
-    fs, path = filesystem(root)
-    found = sorted(fs.find(path, withdirs=False))
-    if is_remote(root):
-        yield from (fs.unstrip_protocol(p) for p in found)
-        return
-    # Keep the root as the caller wrote it (relative stays relative), so manifests do not
-    # depend on where the checkout lives.
-    base = os.path.abspath(root)
-    for p in found:
-        yield os.path.join(root, os.path.relpath(p, base))
+    for uri, _ in list_files(root):
+        yield uri
 
 
 def relative_to(root: str, uri: str) -> str:

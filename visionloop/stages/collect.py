@@ -95,18 +95,14 @@ def source_stamp(info: dict[str, Any]) -> str | None:
 def list_source(source: str) -> list[SourceFile]:
     """Every file below ``source`` (sorted), with a stamp from the same single listing call.
 
-    Same URIs as ``storage.walk_files``; one ``find(detail=True)`` instead of one HEAD per file
-    on S3. Local symlinks are listed as entries (not followed into directories).
+    Same URIs as ``storage.walk_files`` (relative roots stay relative); one listing call instead
+    of one HEAD per file on S3. Local symlinks are listed as entries (not followed into
+    directories).
     """
     if not storage.exists(source):
         raise FileNotFoundError(f"collect.source {source!r} does not exist")
-    fs, path = storage.filesystem(source)
-    found = fs.find(path, withdirs=False, detail=True)
-    scheme = source.split("://", 1)[0] if storage.is_remote(source) else None
     files = []
-    for name in sorted(found):
-        info = found[name]
-        uri = f"{scheme}://{name}" if scheme else name
+    for uri, info in storage.list_files(source):
         size = info.get("size")
         files.append(
             SourceFile(
