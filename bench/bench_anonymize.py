@@ -1,29 +1,48 @@
-"""Face-recall probe and throughput of the anonymize stage (prints figures; not a unit test).
+"""Face-recall probe, plate probe and throughput of the anonymize stage, against `deface`.
 
-Labelled probe: the 100 LFW face crops that ship in scikit-image (25x25, grey) are upscaled to
-40, 60, 90 and 140 px and pasted at known places onto 30 face-free 640x480 backgrounds (19
-scikit-image photos/scans without people + 11 synthetic textures). A face counts as found when
-a detection overlaps it with IoU >= 0.3 or covers its centre. False positives are detections on
-the bare backgrounds. Detection runs once at a low threshold; each candidate threshold is a
-filter of those results (exact: NMS is greedy by score, so higher-threshold NMS keeps the same
-boxes). Throughput compares the whole per-image pipeline (decode, detect, redact, encode,
-verify) with plain ``cv2.imdecode`` of the same JPEG files.
+Face probe (labelled, built from wheel data): the 100 LFW face crops of
+``skimage.data.lfw_subset()`` pasted at 10-120 px (two per size bucket 10-16, 16-32, 32-64,
+64-120 px, sizes log-uniform inside a bucket) onto 30 face-free 640x480 backgrounds (19
+scikit-image photos and scans without people, ``coffee`` and ``rocket`` among them, + 11
+generated textures), with 4 of the 100 LFW *non-face* crops pasted as clutter, for several
+seeds. A face counts as found when a detection covers its centre or overlaps it with IoU >= 0.3.
+A false positive is a detection that finds no face and lies less than half on one (a box
+on a part of a face is not a false alarm for privacy).
 
-    python bench/bench_anonymize.py [--threshold 0.25] [--max-side 1920] [--large]
+Throughput: images per second on ONE core (``taskset`` pins this process and deface alike)
+for the whole per-image function (decode, detect, redact, encode, verify) at 640x480 and
+1920x1440, and the same JPEG files through the `deface` command-line tool (installed by this
+script into its own venv under /tmp: ``pip install deface``), whose recall is read from its
+output images (solid-fill mode: a face is covered when >= 50 % of its box changed; ours is
+scored the same way from our fill-mode output images).
+
+Plate probe: generated plates (text by cv2.putText on a light plate with a dark border) at
+widths 40-200 px and angles up to 15 degrees, pasted onto the same backgrounds; recall and
+false positives per image of the ``plate`` detector.
+
+    python bench/bench_anonymize.py [--seeds 3] [--quick] [--no-deface]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-SIZES = (40, 60, 90, 140)
-PER_IMAGE = {40: 6, 60: 5, 90: 4, 140: 2}
-THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7)
+BUCKETS = ((10, 16), (16, 32), (32, 64), (64, 121))
+BUCKET_NAMES = ("10-16", "16-32", "32-64", "64+")
+FACES_PER_BUCKET = 2
+CLUTTER = 4
 FACE_FREE = (
     "coffee",
     "coins",
@@ -45,6 +64,7 @@ FACE_FREE = (
     "binary_blobs",
     "checkerboard",
 )
+DEFACE_VENV = Path(tempfile.gettempdir()) / "vl-deface-venv"
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
@@ -92,32 +112,84 @@ def backgrounds(width: int = 640, height: int = 480, seed: int = 0) -> list[np.n
     return out
 
 
-def lfw_faces() -> np.ndarray:
+def lfw() -> tuple[np.ndarray, np.ndarray]:
+    """(100 face crops, 100 non-face crops), 25x25 uint8."""
     import skimage.data as sd
 
-    return (sd.lfw_subset()[:100] * 255).astype(np.uint8)
+    crops = (sd.lfw_subset() * 255).round().astype(np.uint8)
+    return crops[:100], crops[100:]
 
 
-def paste_faces(
-    bg: np.ndarray, faces: np.ndarray, size: int, count: int, rng: np.random.Generator
+def _resized(crop: np.ndarray, size: int) -> np.ndarray:
+    interp = cv2.INTER_AREA if size < crop.shape[0] else cv2.INTER_CUBIC
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def _place(
+    taken: list[tuple[int, int, int, int]], size: int, w: int, h: int, rng: np.random.Generator
+) -> tuple[int, int, int, int] | None:
+    """A free square of ``size`` px (a margin of size/2 from every other pasted crop)."""
+    for _ in range(200):
+        x, y = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+        box = (x, y, x + size, y + size)
+        margin = size // 2
+        if all(
+            box[0] >= b[2] + margin
+            or b[0] >= box[2] + margin
+            or box[1] >= b[3] + margin
+            or b[1] >= box[3] + margin
+            for b in taken
+        ):
+            return box
+    return None
+
+
+def probe_image(
+    bg: np.ndarray,
+    faces: np.ndarray,
+    clutter: np.ndarray,
+    rng: np.random.Generator,
+    per_bucket: int = FACES_PER_BUCKET,
+    n_clutter: int = CLUTTER,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Paste ``count`` faces (upscaled to ``size`` px) into free grid cells; boxes are truth."""
+    """One probe image and its (N, 4) truth face boxes; big crops are placed first."""
     img = bg.copy()
     h, w = img.shape[:2]
-    cell = int(size * 1.5)
-    cells = [(x, y) for y in range(0, h - cell + 1, cell) for x in range(0, w - cell + 1, cell)]
-    picks = rng.choice(len(cells), size=min(count, len(cells)), replace=False)
-    boxes = []
-    for k in picks:
-        cx, cy = cells[k]
-        x = cx + int(rng.integers(0, cell - size + 1))
-        y = cy + int(rng.integers(0, cell - size + 1))
-        face = cv2.resize(
-            faces[int(rng.integers(len(faces)))], (size, size), interpolation=cv2.INTER_CUBIC
-        )
-        img[y : y + size, x : x + size] = face[:, :, None]
-        boxes.append([x, y, x + size, y + size])
-    return img, np.asarray(boxes, np.float32)
+    sizes = [
+        round(float(np.exp(rng.uniform(np.log(lo), np.log(hi - 1)))))
+        for lo, hi in BUCKETS
+        for _ in range(per_bucket)
+    ]
+    items = [("face", s) for s in sizes]
+    items += [("clutter", int(rng.integers(10, 121))) for _ in range(n_clutter)]
+    items.sort(key=lambda t: -t[1])
+    taken: list[tuple[int, int, int, int]] = []
+    truth = []
+    for what, size in items:
+        box = _place(taken, size, w, h, rng)
+        if box is None:
+            continue
+        taken.append(box)
+        src = faces if what == "face" else clutter
+        crop = _resized(src[int(rng.integers(len(src)))], size)
+        x0, y0, x1, y1 = box
+        img[y0:y1, x0:x1] = crop[:, :, None]
+        if what == "face":
+            truth.append(box)
+    return img, np.asarray(truth, np.float32).reshape(-1, 4)
+
+
+def probe_set(
+    seeds: int, width: int = 640, height: int = 480, limit: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    faces, clutter = lfw()
+    bgs = backgrounds(width, height)
+    out = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(100 + seed)
+        for bg in bgs[:limit]:
+            out.append(probe_image(bg, faces, clutter, rng))
+    return out
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -132,10 +204,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
 
 
-def matches(truth: np.ndarray, dets: np.ndarray) -> np.ndarray:
-    """(N, M) bool: detection m finds face n (IoU >= 0.3 or covers its centre)."""
+def matches(truth: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, M) bool "detection m finds face n", and (M,) bool "detection m lies on a face"."""
     if len(truth) == 0 or len(dets) == 0:
-        return np.zeros((len(truth), len(dets)), bool)
+        return np.zeros((len(truth), len(dets)), bool), np.zeros(len(dets), bool)
     cx = (truth[:, 0] + truth[:, 2]) / 2
     cy = (truth[:, 1] + truth[:, 3]) / 2
     covers = (
@@ -144,168 +216,304 @@ def matches(truth: np.ndarray, dets: np.ndarray) -> np.ndarray:
         & (dets[None, :, 1] <= cy[:, None])
         & (cy[:, None] <= dets[None, :, 3])
     )
-    return (iou(truth, dets) >= 0.3) | covers
+    found = (iou(truth, dets) >= 0.3) | covers
+    x0 = np.maximum(truth[:, None, 0], dets[None, :, 0])
+    y0 = np.maximum(truth[:, None, 1], dets[None, :, 1])
+    x1 = np.minimum(truth[:, None, 2], dets[None, :, 2])
+    y1 = np.minimum(truth[:, None, 3], dets[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1])
+    on_face = (inter / np.maximum(area, 1e-9)[None, :] >= 0.5).any(axis=0)
+    return found, on_face
 
 
-def probe(detector, bgs, faces, sizes, scale: int = 1, seed: int = 1) -> dict:
-    """Recall per size and false positives per threshold."""
-    rng = np.random.default_rng(seed)
-    stats = {s: {t: [0, 0] for t in THRESHOLDS} for s in sizes}  # found, total
-    fp_faces = {t: 0 for t in THRESHOLDS}
-    for size in sizes:
-        for bg in bgs:
-            big = bg if scale == 1 else cv2.resize(bg, None, fx=scale, fy=scale)
-            img, truth = paste_faces(big, faces, size, PER_IMAGE[size] * scale, rng)
-            regions = detector.detect(img)
-            m = matches(truth, regions.boxes)
-            for t in THRESHOLDS:
-                keep = regions.scores >= t
-                stats[size][t][0] += int(m[:, keep].any(axis=1).sum())
-                stats[size][t][1] += len(truth)
-                fp_faces[t] += int((~m[:, keep].any(axis=0)).sum())
-    return {"recall": stats, "fp_in_face_images": fp_faces}
+def bucket_of(truth: np.ndarray) -> np.ndarray:
+    side = np.maximum(truth[:, 2] - truth[:, 0], truth[:, 3] - truth[:, 1])
+    return np.searchsorted([b[1] for b in BUCKETS], side, side="right")
 
 
-def false_positives(detector, bgs) -> dict:
-    fp = {t: 0 for t in THRESHOLDS}
-    images = {t: 0 for t in THRESHOLDS}
-    top = []
-    for bg in bgs:
-        r = detector.detect(bg)
-        top.append(float(r.scores.max()) if len(r) else 0.0)
-        for t in THRESHOLDS:
-            n = int((r.scores >= t).sum())
-            fp[t] += n
-            images[t] += n > 0
-    return {"detections": fp, "images_with_fp": images, "max_score": max(top)}
-
-
-def end_to_end(bgs, faces, threshold: float, max_side: int) -> dict:
-    """Run the stage's per-image function on JPEGs of the probe; measure what stays visible.
-
-    Per true face box (the whole LFW crop, ears and hair included): the fraction of it inside
-    the redacted boxes (regions JSON). Also counts fill passes and verification quarantines.
-    """
-    import json
-
-    from visionloop.config import AnonymizeParams
-    from visionloop.stages.anonymize import anonymize_image, build_detector
-
-    p = AnonymizeParams(score_threshold=threshold, detect_max_side=max_side)
-    det = build_detector(p)
-    rng = np.random.default_rng(3)
-    coverage: list[float] = []
-    residual = retried = 0
-    for size in SIZES:
-        for bg in bgs:
-            img, truth = paste_faces(bg, faces, size, PER_IMAGE[size], rng)
-            _, enc = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            out = anonymize_image(enc.tobytes(), "JPEG", det, p)
-            mask = np.zeros(img.shape[:2], bool)
-            for r in json.loads(out["regions"]):
-                x0, y0, x1, y1 = r["box"]
-                mask[y0:y1, x0:x1] = True
-            coverage += [float(mask[y0:y1, x0:x1].mean()) for x0, y0, x1, y1 in truth.astype(int)]
-            residual += out["residual"] > 0
-            retried += out["retried"]
-    c = np.asarray(coverage)
+def score(images: list[tuple[np.ndarray, np.ndarray]], detections: list[np.ndarray]) -> dict:
+    """Recall per bucket and false positives per image for boxes detected on each image."""
+    found = np.zeros(len(BUCKETS), int)
+    total = np.zeros(len(BUCKETS), int)
+    fp = 0
+    for (_, truth), boxes in zip(images, detections, strict=True):
+        m, on_face = matches(truth, np.asarray(boxes, np.float32).reshape(-1, 4))
+        b = bucket_of(truth)
+        hit = m.any(axis=1)
+        for k in range(len(BUCKETS)):
+            found[k] += int(hit[b == k].sum())
+            total[k] += int((b == k).sum())
+        fp += int((~m.any(axis=0) & ~on_face).sum())
     return {
-        "total": len(c),
-        "covered_90": int((c >= 0.9).sum()),
-        "covered_50": int((c >= 0.5).sum()),
-        "untouched": int((c < 0.1).sum()),
-        "residual_images": residual,
-        "fill": retried,
+        "recall": {n: found[k] / max(total[k], 1) for k, n in enumerate(BUCKET_NAMES)},
+        "faces": {n: int(total[k]) for k, n in enumerate(BUCKET_NAMES)},
+        "recall_16plus": found[1:].sum() / max(total[1:].sum(), 1),
+        "fp_per_image": fp / max(len(images), 1),
     }
 
 
-def throughput(bgs, faces, max_side: int) -> dict:
-    """ms/image: detection alone, the full per-image pipeline, and cv2.imdecode (baseline)."""
+def fmt_score(label: str, s: dict) -> str:
+    r = s["recall"]
+    return (
+        f"{label:<34}"
+        + "".join(f"{r[n]:>8.3f}" for n in BUCKET_NAMES)
+        + f"{s['recall_16plus']:>8.3f}{s['fp_per_image']:>8.2f}"
+    )
+
+
+HEADER = f"{'':<34}" + "".join(f"{n:>8}" for n in BUCKET_NAMES) + f"{'>=16':>8}{'FP/img':>8}"
+
+
+# ---- detectors on the probe ----
+
+CONFIGS: dict[str, dict] = {
+    "default (params.yaml)": {},
+    "centerface, whole image": {"detector": "centerface", "upscale": {}},
+    "yunet, whole + 3x pass": {"detector": "yunet"},
+    "ensemble, no small-face pass": {"upscale": {}},
+}
+
+
+def run_config(overrides: dict, images: list) -> tuple[dict, float]:
+    """Score one anonymize configuration's detector on the probe; ms per detection."""
+    from visionloop.config import AnonymizeParams
+    from visionloop.stages.anonymize import build_detector
+
+    det = build_detector(AnonymizeParams(**overrides))
+    t0 = time.perf_counter()
+    boxes = [det.detect(img).boxes for img, _ in images]
+    ms = (time.perf_counter() - t0) * 1000 / len(images)
+    return score(images, boxes), ms
+
+
+# ---- end to end: our per-image function and deface on the same files ----
+
+
+def write_pngs(images: list, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (img, _) in enumerate(images):
+        p = folder / f"img{i:04d}.png"
+        cv2.imwrite(str(p), img[:, :, ::-1])
+        paths.append(p)
+    return paths
+
+
+def coverage_recall(images: list, masks: list[np.ndarray]) -> dict:
+    """Recall per bucket where 'found' = at least half of the face box is redacted."""
+    dets = []
+    for (_, truth), mask in zip(images, masks, strict=True):
+        keep = []
+        for box in truth.astype(int):
+            x0, y0, x1, y1 = box
+            if mask[y0:y1, x0:x1].mean() >= 0.5:
+                keep.append(box)  # a perfect detection of this face
+        dets.append(np.asarray(keep, np.float32).reshape(-1, 4))
+    s = score(images, dets)
+    s.pop("fp_per_image")
+    return s
+
+
+def ours_end_to_end(images: list, paths: list[Path], overrides: dict) -> tuple[float, list]:
+    """Seconds per image for the whole per-image function (decode, detect, redact, encode,
+    verify) on the PNG files, and the redaction mask of each (from the audit regions)."""
     from visionloop.config import AnonymizeParams
     from visionloop.stages.anonymize import anonymize_image, build_detector
 
-    rng = np.random.default_rng(7)
-    files = []
-    for bg in bgs:
-        img, _ = paste_faces(bg, faces, 90, 2, rng)
-        _, enc = cv2.imencode(
-            ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
-        )
-        files.append(enc.tobytes())
-    p = AnonymizeParams(detect_max_side=max_side)
+    p = AnonymizeParams(**overrides)
     det = build_detector(p)
-    anonymize_image(files[0], "JPEG", det, p)  # warm-up
+    data = [path.read_bytes() for path in paths]
+    anonymize_image(data[0], "PNG", det, p)  # warm-up (sessions, allocations)
+    masks = []
     t0 = time.perf_counter()
-    for data in files:
-        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    t_decode = (time.perf_counter() - t0) / len(files)
+    outs = [anonymize_image(d, "PNG", det, p) for d in data]
+    dt = (time.perf_counter() - t0) / len(data)
+    for (img, _), out in zip(images, outs, strict=True):
+        mask = np.zeros(img.shape[:2], bool)
+        for r in json.loads(out["regions"]):
+            x0, y0, x1, y1 = r["box"]
+            mask[y0:y1, x0:x1] = True
+        masks.append(mask)
+    return dt, masks
+
+
+def ensure_deface() -> Path | None:
+    """The `deface` CLI in its own venv under /tmp (it pulls opencv-python: kept apart)."""
+    exe = DEFACE_VENV / "bin" / "deface"
+    if exe.exists():
+        return exe
+    print(f"installing deface into {DEFACE_VENV} ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(DEFACE_VENV)], check=True)
+        pip = [str(DEFACE_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "deface==1.5.0", "onnx", "onnxruntime"], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"deface could not be installed: {exc}")
+        return None
+    return exe
+
+
+def deface_end_to_end(exe: Path, images: list, paths: list[Path]) -> tuple[float, list]:
+    """deface on the same PNGs, one core, solid boxes (so changed pixels = its redaction).
+
+    Seconds per image excluding its start-up (a run on all files minus a run on one file),
+    and each output's redaction mask (pixels that differ from the input)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [str(exe), "--replacewith", "solid", "--boxes"]
+
+    def run(files: list[Path]) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in files:
+                shutil.copy(f, Path(tmp) / f.name)
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["taskset", "-c", "0", *cmd, tmp], env=env, check=True, capture_output=True
+            )
+            dt = time.perf_counter() - t0
+            for f in files:
+                out = Path(tmp) / f"{f.stem}_anonymized{f.suffix}"
+                shutil.copy(out, f.with_name(f"{f.stem}_deface{f.suffix}"))
+        return dt
+
+    t_one = run(paths[:1])
+    t_all = run(paths)
+    per_image = (t_all - t_one) / max(len(paths) - 1, 1)
+    masks = []
+    for (img, _), f in zip(images, paths, strict=True):
+        out = cv2.imread(str(f.with_name(f"{f.stem}_deface{f.suffix}")))[:, :, ::-1]
+        masks.append((out != img).any(axis=2))
+    return per_image, masks
+
+
+# ---- plates ----
+
+
+def plate_text(rng: np.random.Generator) -> str:
+    letters = "ABCDEFGHJKLMNPRSTUVWXYZ"
+    head = "".join(rng.choice(list(letters), 2))
+    digits = "".join(rng.choice(list("0123456789"), int(rng.integers(2, 5))))
+    tail = " " + "".join(rng.choice(list(letters), 2)) if rng.random() < 0.5 else ""
+    return f"{head} {digits}{tail}"
+
+
+def plate_probe(seeds: int) -> dict:
+    """Recall (plates < 60 and >= 60 px wide) and false positives per image of ``plate``."""
+    from visionloop.anonymize.detectors import get_detector
+    from visionloop.anonymize.plates import paste_rotated, render_plate
+    from visionloop.config import AnonymizeParams
+
+    p = AnonymizeParams()
+    det = get_detector(p.plate_detector, score_threshold=p.thresholds.get("plate", 0.5))
+    bgs = backgrounds()
+    found = {"<60": [0, 0], ">=60": [0, 0]}
+    fp = bare_fp = 0
     t0 = time.perf_counter()
-    for bg in bgs:
-        det.detect(bg)
-    t_detect = (time.perf_counter() - t0) / len(bgs)
-    t0 = time.perf_counter()
-    for data in files:
-        anonymize_image(data, "JPEG", det, p)
-    t_full = (time.perf_counter() - t0) / len(files)
-    return {"decode_ms": t_decode * 1e3, "detect_ms": t_detect * 1e3, "pipeline_ms": t_full * 1e3}
+    for seed in range(seeds):
+        rng = np.random.default_rng(200 + seed)
+        for bg in bgs:
+            bare_fp += len(det.detect(bg))
+            img, truth, widths = bg.copy(), [], []
+            for k in range(3):
+                w = int(np.exp(rng.uniform(np.log(40), np.log(200))))
+                centre = (110 + 210 * k, float(rng.uniform(100, 380)))
+                truth.append(
+                    paste_rotated(
+                        img, render_plate(plate_text(rng), w, rng), centre, rng.uniform(-15, 15)
+                    )
+                )
+                widths.append(w)
+            r = det.detect(img)
+            m, on = matches(np.asarray(truth), r.boxes)
+            for w, hit in zip(widths, m.any(axis=1), strict=True):
+                key = "<60" if w < 60 else ">=60"
+                found[key][0] += int(hit)
+                found[key][1] += 1
+            fp += int((~m.any(axis=0) & ~on).sum())
+    n = seeds * len(bgs)
+    return {
+        "recall": {k: v[0] / max(v[1], 1) for k, v in found.items()},
+        "plates": {k: v[1] for k, v in found.items()},
+        "fp_per_image": fp / n,
+        "fp_per_bare_image": bare_fp / n,
+        "ms_per_image": (time.perf_counter() - t0) * 1000 / (2 * n),
+        "threshold": det.score_threshold,
+    }
 
 
 def main() -> None:
-    from visionloop.anonymize.centerface import CenterFaceDetector
-    from visionloop.config import AnonymizeParams
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = AnonymizeParams()
-    ap.add_argument("--max-side", type=int, default=defaults.detect_max_side)
-    ap.add_argument("--threshold", type=float, default=defaults.score_threshold)
-    ap.add_argument("--large", action="store_true", help="also 2560x1920 images, faces 40-90 px")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="1 seed, fewer images (smoke run)")
+    ap.add_argument("--no-deface", action="store_true")
+    ap.add_argument("--plates-only", action="store_true")
     args = ap.parse_args()
+    seeds = 1 if args.quick else args.seeds
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})  # one core: figures are per core
+    cv2.setNumThreads(1)
 
-    det = CenterFaceDetector(score_threshold=min(THRESHOLDS) / 2, max_side=args.max_side)
-    bgs, faces = backgrounds(), lfw_faces()
-    res = probe(det, bgs, faces, SIZES)
-    fp = false_positives(det, bgs)
-    print(f"CenterFace ({det.version}, sha256 {det.model_sha256[:12]}), max side {args.max_side}")
-    print(f"probe: {len(bgs)} backgrounds 640x480, LFW faces; found = IoU>=0.3 or centre covered")
-    header = "threshold " + "".join(f"{s:>7}px" for s in SIZES) + "     all  FP/30bg  bg>0  FPface"
-    print(header)
-    for t in THRESHOLDS:
-        found = [res["recall"][s][t] for s in SIZES]
-        total = [sum(f[0] for f in found), sum(f[1] for f in found)]
+    if not args.plates_only:
+        images = probe_set(seeds, limit=10 if args.quick else None)
         print(
-            f"{t:>9.2f} "
-            + "".join(f"{f / n:>9.3f}" for f, n in found)
-            + f"{total[0] / total[1]:>8.3f}{fp['detections'][t]:>9d}{fp['images_with_fp'][t]:>6d}"
-            + f"{res['fp_in_face_images'][t]:>8d}"
+            f"face probe: {len(images)} images 640x480, {FACES_PER_BUCKET} LFW faces per size "
+            f"bucket + {CLUTTER} non-face crops each; found = centre covered or IoU >= 0.3"
         )
-    n_faces = {s: res["recall"][s][THRESHOLDS[0]][1] for s in SIZES}
-    print(f"faces per size: {n_faces}; max score on face-free backgrounds: {fp['max_score']:.3f}")
-
-    if args.large:
-        for side in sorted({1280, args.max_side, 2560}):
-            big = CenterFaceDetector(score_threshold=min(THRESHOLDS) / 2, max_side=side)
-            r = probe(big, bgs[:15], faces, (40, 60, 90), scale=4)
-            line = ", ".join(
-                f"{s}px {r['recall'][s][args.threshold][0] / r['recall'][s][args.threshold][1]:.3f}"
-                for s in (40, 60, 90)
-            )
-            print(f"2560x1920, detect max side {side}, threshold {args.threshold}: recall {line}")
-
-    e2e = end_to_end(bgs, faces, args.threshold, args.max_side)
+        print(HEADER + "   ms/detect")
+        for label, overrides in CONFIGS.items():
+            s, ms = run_config(overrides, images)
+            print(fmt_score(label, s) + f"{ms:>10.0f}")
+        print(f"faces per bucket: {s['faces']}")
+        e2e(images, seeds, args)
+    plates = plate_probe(seeds)
     print(
-        f"end to end (threshold {args.threshold}, dilation {AnonymizeParams().dilation}), of"
-        f" {e2e['total']} faces: >=90% of the crop redacted {e2e['covered_90']}, >=50%"
-        f" {e2e['covered_50']}, untouched {e2e['untouched']}; verification: {e2e['fill']} fill"
-        f" pass(es), {e2e['residual_images']} image(s) quarantined"
+        f"\nplates ({plates['plates']} generated, threshold {plates['threshold']}): recall "
+        + ", ".join(f"{k} px wide {v:.3f}" for k, v in plates["recall"].items())
+        + f"; false positives {plates['fp_per_image']:.2f}/image with plates,"
+        f" {plates['fp_per_bare_image']:.2f}/bare background; {plates['ms_per_image']:.0f} ms/image"
     )
 
-    tp = throughput(bgs, faces, args.max_side)
+
+def e2e(images: list, seeds: int, args: argparse.Namespace) -> None:
+    """Throughput per core and redaction-coverage recall: ours (default, fast) and deface."""
+    exe = None if args.no_deface else ensure_deface()
+    faces, clutter = lfw()
+    big = []
+    rng = np.random.default_rng(300)
+    for bg in backgrounds(1920, 1440)[: 4 if args.quick else 10]:
+        big.append(probe_image(bg, faces, clutter, rng, per_bucket=6, n_clutter=8))
+    sets = {"640x480": images[: 10 if args.quick else 30], "1920x1440": big}
+    fast = {"upscale": {}}
     print(
-        f"640x480 JPEG: detect {tp['detect_ms']:.1f} ms, full pipeline {tp['pipeline_ms']:.1f} ms"
-        f" ({1000 / tp['pipeline_ms']:.1f} images/s), cv2.imdecode {tp['decode_ms']:.2f} ms"
-        f" ({1000 / tp['decode_ms']:.0f} images/s); pipeline/imdecode time ratio"
-        f" {tp['pipeline_ms'] / tp['decode_ms']:.0f}x (1 onnxruntime thread)"
+        "\nend to end, one core (decode, detect, redact, encode, verify); found = >= 50% of"
+        " the face box redacted in the output"
     )
+    print(f"{'':<34}" + "".join(f"{n:>8}" for n in BUCKET_NAMES) + f"{'>=16':>8}   img/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, imgs in sets.items():
+            paths = write_pngs(imgs, Path(tmp) / name)
+            rows = []
+            for label, overrides in (("ours default", {}), ("ours fast (no 3x pass)", fast)):
+                dt, masks = ours_end_to_end(imgs, paths, overrides)
+                rows.append((label, coverage_recall(imgs, masks), 1 / dt))
+            if exe is not None:
+                dt, masks = deface_end_to_end(exe, imgs, paths)
+                rows.append(
+                    ("deface 1.5.0 (defaults, solid)", coverage_recall(imgs, masks), 1 / dt)
+                )
+            print(f"{name} ({len(imgs)} images)")
+            for label, s, rate in rows:
+                r = s["recall"]
+                print(
+                    f"  {label:<32}"
+                    + "".join(f"{r[n]:>8.3f}" for n in BUCKET_NAMES)
+                    + f"{s['recall_16plus']:>8.3f}{rate:>8.2f}"
+                )
+            if exe is not None:
+                print(
+                    f"  throughput ratio ours/deface: default {rows[0][2] / rows[2][2]:.2f},"
+                    f" fast {rows[1][2] / rows[2][2]:.2f}"
+                )
 
 
 if __name__ == "__main__":

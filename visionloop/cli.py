@@ -24,7 +24,9 @@ STAGE_NAMES = (
 
 # Commands that live beside the code they drive, imported only when used (or listed by --help).
 # Each value is "module:attribute" of a click command; keep those modules light at import.
-PLUGIN_COMMANDS: dict[str, str] = {}
+PLUGIN_COMMANDS: dict[str, str] = {
+    "redact": "visionloop.anonymize.cli:redact",
+}
 
 
 class LazyGroup(click.Group):

@@ -40,9 +40,23 @@ class CollectParams(_Section):
 
 
 class AnonymizeParams(_Section):
-    detector: str = "centerface"
-    score_threshold: float = Field(0.25, gt=0, lt=1)  # bench/bench_anonymize.py: recall vs FP
+    """Redaction. Detector defaults chosen on bench/bench_anonymize.py's face probe (LFW faces
+    10-120 px on 30 face-free backgrounds, 3 seeds); see that script's closing note."""
+
+    detector: str = "ensemble"  # a registered detector: ensemble | centerface | yunet | plug-in
+    ensemble: list[str] = Field(default_factory=lambda: ["centerface", "yunet"], min_length=1)
+    score_threshold: float = Field(0.25, gt=0, lt=1)  # for detectors not named in `thresholds`
+    # Per-detector thresholds (scores of different models are not comparable).
+    thresholds: dict[str, float] = Field(default_factory=lambda: {"yunet": 0.6, "plate": 0.5})
     detect_max_side: int = Field(1920, ge=64)  # detection input size; redaction is full-res
+    # Small faces: each named face detector also runs on the image upscaled by this factor
+    # (images whose longer side is <= upscale_max_side); larger images run in full-res tiles.
+    upscale: dict[str, float] = Field(default_factory=lambda: {"yunet": 3.0})
+    upscale_max_side: int = Field(1280, ge=0)
+    upscale_max_face: int = Field(64, ge=1)  # the upscaled pass reports faces up to this (px)
+    tile_overlap: float = Field(0.25, ge=0, lt=1)  # share of a tile its neighbour overlaps
+    plates: bool = False  # also redact licence plates (classical detector; see plates.py)
+    plate_detector: str = "plate"  # a registered detector of kind "plate"
     redaction: Literal["pixelate", "blur", "fill"] = "pixelate"
     shape: Literal["box", "ellipse"] = "box"
     dilation: float = Field(0.3, ge=0)  # grow each region by this fraction of its size
@@ -51,6 +65,42 @@ class AnonymizeParams(_Section):
     retry_residual: bool = True  # before quarantining, one solid-fill pass over residual faces
     jpeg_quality: int = Field(95, ge=50, le=100)
     keep_icc: bool = False  # copy the source's RGB/gray ICC profile (it can name a device)
+    review_band: float = Field(0.1, ge=0, lt=1)  # scores this close to a threshold: review
+    review_small_face: int = Field(24, ge=0)  # redacted faces smaller than this (px): review
+    hold_frames: int = Field(5, ge=0)  # video: a track stays redacted N frames before/after
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: t for k, t in v.items() if not 0 < t < 1}
+        if bad:
+            raise ValueError(f"thresholds must be in (0, 1): {bad}")
+        return v
+
+    @field_validator("upscale")
+    @classmethod
+    def _upscale_at_least_one(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: f for k, f in v.items() if not 1 <= f <= 8}
+        if bad:
+            raise ValueError(f"upscale factors must be in [1, 8]: {bad}")
+        return v
+
+
+CurateFlag = Literal[
+    "blurry",
+    "dark",
+    "overexposed",
+    "low_information",
+    "clipped",
+    "grayscale",
+    "color_cast",
+    "odd_size",
+    "odd_aspect",
+    "pixel_duplicate",
+    "near_duplicate",
+    "split_leak",
+]
+ThresholdMode = Literal["absolute", "relative", "both"]
 
 
 class CurateParams(_Section):

