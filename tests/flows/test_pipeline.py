@@ -97,6 +97,29 @@ def test_published_images_carry_no_gps(project: Path, flow_result: dict) -> None
             assert 0x8825 not in exif and not exif.get_ifd(0x8825), rel
 
 
+def test_every_sample_face_is_redacted(project: Path, flow_result: dict) -> None:
+    """Each face pasted into a published image lies under the redacted regions of its audit."""
+    import numpy as np
+
+    truth = json.loads((project / "data/source/truth.json").read_text())
+    manifest = pd.read_parquet(project / "data/anonymize/manifest.parquet").set_index("rel_path")
+    audit = pd.read_parquet(project / "data/anonymize/audit.parquet").set_index("item_id")
+    faces = missed = 0
+    for rel, entry in truth["files"].items():
+        if not entry.get("faces") or manifest.loc[rel, "status"] != "accepted":
+            continue
+        redacted = np.zeros((entry["height"], entry["width"]), bool)
+        for region in json.loads(audit.loc[manifest.loc[rel, "item_id"], "regions"]):
+            x0, y0, x1, y1 = (round(v) for v in region["box"])
+            redacted[y0:y1, x0:x1] = True
+        for face in entry["faces"]:
+            x0, y0, x1, y1 = (round(v) for v in face)
+            faces += 1
+            missed += redacted[y0:y1, x0:x1].mean() < 0.9
+    assert faces > 0
+    assert missed == 0, f"{missed} of {faces} faces not redacted"
+
+
 def test_status_json_reports_the_tag(project: Path, flow_result: dict) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "visionloop.cli", "status", "--json"],
@@ -135,3 +158,50 @@ def test_threshold_change_reruns_only_dependent_stages(project: Path, flow_resul
     assert ran == {"refresh"}
     picks = pd.read_parquet(project / "data/refresh/to_annotate.parquet")
     assert len(picks) <= 7
+
+
+def test_rerun_does_no_image_work_and_new_files_alone_are_processed(
+    project: Path, flow_result: dict
+) -> None:
+    """Last in this module: it adds a file to the source and cuts dataset-v2."""
+    import shutil
+
+    from flows.pipeline import pipeline
+
+    cwd = Path.cwd()
+    os.chdir(project)
+    try:
+        pipeline(repo_dir=".")  # takes in the params change of the test above, if any
+        again = pipeline(repo_dir=".")
+        details = _details(project)
+        assert details["collect"]["to_process"] == 0
+        assert details["anonymize"]["processed"] == 0
+        assert details["curate"]["measured"] == 0
+        assert again["snapshot_created"] is False
+
+        # one new camera frame (a copy of an accepted image, re-encoded so its bytes are new)
+        manifest = pd.read_parquet(project / "data/collect/manifest.parquet")
+        first = manifest[manifest["status"] == "accepted"].iloc[0]
+        src = project / "data/source/images" / first["rel_path"]
+        new = project / "data/source/images/cam_a/new_frame.png"
+        with Image.open(src) as im:
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new)
+        shutil.copystat(src, new)
+        grown = pipeline(repo_dir=".")
+    finally:
+        os.chdir(cwd)
+    details = _details(project)
+    assert details["collect"]["to_process"] == 1
+    assert details["anonymize"]["processed"] == 1
+    assert details["curate"]["measured"] == 1
+    assert grown["counts"]["collect"]["input"] == N_FILES + 1
+    assert grown["snapshot"] == f"dataset-v{int(again['snapshot'].rsplit('v', 1)[1]) + 1}"
+    new_items = pd.read_parquet(project / "data/refresh/new_items.parquet")
+    assert list(new_items["source_uri"]) == ["data/source/images/cam_a/new_frame.png"]
+
+
+def _details(project: Path) -> dict[str, dict]:
+    return {
+        stage: json.loads((project / "data" / stage / "summary.json").read_text())["details"]
+        for stage in ("collect", "anonymize", "curate")
+    }
