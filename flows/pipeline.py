@@ -5,48 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.common import RUN_KEYS, load_run_params, run_one_stage, run_stages, snapshot_message
 from flows.runners import make_task_runner
-from tasks.gate import gate_task
 from tasks.report import report_task
-from tasks.stage import finalize_stage, plan_stage, process_shard
-from tasks.versioning import dvc_commit, snapshot_task
-from visionloop.config import Params, load_params
-from visionloop.pipeline import GATE_AFTER
-from visionloop.schema import STAGES
+from tasks.versioning import snapshot_task
+from visionloop.refresh.request import RunRequest, apply_request
 from visionloop.snapshots import run_lock
-from visionloop.stages.base import StageSummary
 
-# Overrides a flow run may pass: how to run, never what to compute (dvc.lock records
-# params.yaml, so a threshold changed only for one run would make the lock lie).
-RUN_KEYS = (
-    "run.runner",
-    "run.max_workers",
-    "run.dask_address",
-    "run.shard_size",
-    "run.retries",
-    "run.retry_delay_seconds",
-    "run.on_busy",
-)
-
-
-def _params(params_path: str, overrides: dict[str, Any] | None) -> Params:
-    overrides = overrides or {}
-    bad = sorted(set(overrides) - set(RUN_KEYS))
-    if bad:
-        raise ValueError(f"only {', '.join(RUN_KEYS)} may be overridden per run; got {bad}")
-    return load_params(params_path).with_overrides(overrides)
-
-
-def run_one_stage(name: str, params: Params, runner: Any) -> StageSummary:
-    shards = plan_stage(name, params)
-    delays = [params.run.retry_delay_seconds * 2**i for i in range(params.run.retries)]
-    task = process_shard.with_options(retries=params.run.retries, retry_delay_seconds=delays)
-    futures = runner.map(task, {"shard": shards, "params": unmapped(params)})
-    parts = [f.result() for f in futures]
-    return finalize_stage(name, params, parts)
+_params = load_run_params  # (the name this module used before flows/common.py)
+__all__ = ["RUN_KEYS", "pipeline", "run_one_stage"]
 
 
 @flow(name="visionloop-pipeline", log_prints=True)
@@ -55,37 +25,27 @@ def pipeline(
     overrides: dict[str, Any] | None = None,
     snapshot: bool = True,
     repo_dir: str = ".",
+    request: RunRequest | None = None,
 ) -> dict[str, Any]:
     """Collect, anonymize, curate, import annotations, validate and refresh; then snapshot.
 
-    A gate that fails raises, so the flow run fails and no snapshot is cut.
+    A gate that fails raises, so the flow run fails and no snapshot is cut. ``request`` (the
+    form of a custom run: source, labelling budget, reference snapshot) is written into
+    params.yaml first, so that dvc.lock and the snapshot record what ran.
     """
     log = get_run_logger()
-    params = _params(str(Path(repo_dir) / params_path), overrides)
-    counts: dict[str, dict[str, Any]] = {}
+    params_file = str(Path(repo_dir) / params_path)
+    params = _params(params_file, overrides)
     with (
         run_lock(repo_dir, wait=params.run.on_busy == "wait"),
         make_task_runner(params.run) as runner,
     ):
-        for name in STAGES:
-            summary = run_one_stage(name, params, runner)
-            counts[name] = {
-                "input": summary.input,
-                "accepted": summary.accepted,
-                "quarantined": summary.quarantined,
-                "reasons": summary.reasons,
-            }
-            log.info("%s: %s", name, counts[name])
-            if name in GATE_AFTER:
-                gate_task(GATE_AFTER[name], params, context_root=repo_dir)
-            dvc_commit(name, params, repo_dir)
+        if request is not None and apply_request(params_file, request):
+            params = _params(params_file, overrides)
+        counts, _ = run_stages(params, runner, repo_dir, log)
         result: dict[str, Any] = {"snapshot": None, "counts": counts}
         if snapshot:
-            message = "\n".join(
-                f"{n}: {c['accepted']} accepted, {c['quarantined']} quarantined {c['reasons']}"
-                for n, c in counts.items()
-            )
-            snap = snapshot_task(message, params, repo_dir)
+            snap = snapshot_task(snapshot_message(counts), params, repo_dir)
             result["snapshot"] = snap.tag
             result["snapshot_created"] = snap.created
             result["pushed"] = snap.pushed

@@ -96,6 +96,25 @@ def mock_manifest(
                 curate_is_dark=(reason == "too_dark") if done else None,
                 curate_is_overexposed=(reason == "overexposed") if done else None,
                 curate_is_low_information=(reason == "low_information") if done else None,
+                curate_clip_low=0.0 if done else None,
+                curate_clip_high=0.001 * i if done else None,
+                curate_channel_spread=120.0 + i if done else None,
+                curate_color_cast=0.3 if done else None,
+                curate_aspect_ratio=640 / 480 if done else None,
+                curate_pixel_hash=f"{i:016x}{i:08x}" if done else None,
+                curate_is_near_duplicate=(reason == "near_duplicate") if done else None,
+                curate_is_odd_size=(reason == "odd_size") if done else None,
+                curate_is_odd_aspect=(reason == "odd_aspect") if done else None,
+                curate_is_pixel_duplicate=(reason == "duplicate_pixels") if done else None,
+                curate_is_split_leak=(reason == "split_leakage") if done else None,
+                curate_is_clipped=False if done else None,
+                curate_is_grayscale=False if done else None,
+                curate_is_color_cast=False if done else None,
+                # Coverage cell of an accepted row, as if these rows were a sample of a larger
+                # dataset whose cells meet the default curate.coverage_min_count / max_share.
+                curate_cell="day | unknown" if by is None else None,
+                curate_cell_count=40 if by is None else None,
+                curate_cell_share=0.4 if by is None else None,
             )
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -104,7 +123,7 @@ def mock_manifest(
     df = df[schema_cols + extra]
     for col in ("width", "height"):
         df[col] = df[col].astype("Int32")
-    for col in ("anonymize_faces", "anonymize_residual"):
+    for col in ("anonymize_faces", "anonymize_residual", "curate_cell_count"):
         if col in df.columns:
             df[col] = df[col].astype("Int32")
     return df

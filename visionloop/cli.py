@@ -25,7 +25,12 @@ STAGE_NAMES = (
 # Commands that live beside the code they drive, imported only when used (or listed by --help).
 # Each value is "module:attribute" of a click command; keep those modules light at import.
 PLUGIN_COMMANDS: dict[str, str] = {
+    "labels": "visionloop.annotations.cli:labels",
     "redact": "visionloop.anonymize.cli:redact",
+    "inspect": "visionloop.curate.cli:inspect_command",
+    "serve": "visionloop.refresh.cli:serve",
+    "diff": "visionloop.refresh.cli:diff",
+    "refresh": "visionloop.refresh.cli:refresh_group",
 }
 
 

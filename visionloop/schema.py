@@ -31,16 +31,24 @@ class Reason(StrEnum):
     TRUNCATED = "truncated"  # decodes only partially: data ends early
     TOO_LARGE = "too_large"  # pixel count above collect.max_pixels (decompression bomb)
     PATH_ESCAPE = "path_escape"  # symlink or name resolving outside the source root
+    BAD_FILE_NAME = "bad_file_name"  # name is not valid UTF-8: kept percent-encoded, not read
     DUPLICATE_EXACT = "duplicate_exact"  # byte-identical to an accepted item
     # anonymize
     ANONYMIZE_FAILED = "anonymize_failed"  # detection or redaction raised: fail closed
     RESIDUAL_DETECTION = "residual_detection"  # verification still finds a face after redaction
-    # curate
+    # curate (which flags quarantine is params.curate.quarantine; see visionloop/curate)
     BLURRY = "blurry"
     TOO_DARK = "too_dark"
     OVEREXPOSED = "overexposed"
     LOW_INFORMATION = "low_information"
-    NEAR_DUPLICATE = "near_duplicate"
+    NEAR_DUPLICATE = "near_duplicate"  # pHash within curate.phash_radius of a kept copy
+    ODD_SIZE = "odd_size"  # too small (or an outlier of this dataset's sizes)
+    ODD_ASPECT = "odd_aspect"  # elongated beyond curate.odd_aspect_max (or this dataset's norm)
+    CLIPPED = "clipped"  # large share of pixels at 0 or 255 (a flag only by default)
+    GRAYSCALE = "grayscale"  # no colour content (a flag only by default)
+    COLOR_CAST = "color_cast"  # whole image tinted towards one hue (a flag only by default)
+    DUPLICATE_PIXELS = "duplicate_pixels"  # same decoded pixels as a kept copy (other bytes)
+    SPLIT_LEAKAGE = "split_leakage"  # a copy of an image kept in another train/val/test split
 
 
 STAGES: tuple[str, ...] = (
@@ -81,7 +89,8 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-# The canonical annotation table: one row per annotation, geometry as absolute pixel xywh.
+# The canonical annotation table: one row per annotation, geometry as absolute pixel xywh
+# (the axis-aligned extent of whatever was drawn; null for a tag or a degenerate point set).
 ANNOTATION_SCHEMA = pa.schema(
     [
         pa.field("annotation_id", pa.string(), nullable=False),  # stable: source file + pointer
@@ -106,10 +115,25 @@ ANNOTATION_SCHEMA = pa.schema(
         # matched (item accepted after curate) | quarantined_item | unmatched (no such image)
         pa.field("match_status", pa.string(), nullable=False),
         # Added by import_annotations: how the image was found and what the export said about it.
-        # rel_path | file_name | path_suffix | subset_folder | sha256 (see annotations/match.py)
+        # rel_path | file_name | file_stem | path_suffix | subset_folder | sha256 (match.py)
         pa.field("match_method", pa.string()),
         pa.field("subset", pa.string()),  # train/val/... as named by the export, when it has one
         pa.field("image_sha256", pa.string()),  # content hash given by the export, if any
         pa.field("source_annotation_id", pa.string()),  # the export's own annotation id
+        # Added by issue 5 (nullable, appended so older tables still read; see
+        # visionloop/annotations/table.py for the geometry convention):
+        # what was drawn: box | polygon | mask | obb | ellipse | polyline | points | keypoints |
+        # tag (image-level label, no geometry). Null in older tables: box, or polygon / mask as
+        # the segmentation says.
+        pa.field("shape", pa.string()),
+        # JSON [cx, cy, w, h, angle]: oriented box (or ellipse: w, h are the diameters) in
+        # absolute pixels, angle in degrees clockwise (y down) about the centre, in [0, 360).
+        pa.field("obb", pa.string()),
+        # JSON [[x, y, v], ...] absolute pixels; v as COCO: 0 not labelled, 1 labelled but not
+        # visible, 2 visible. Pose keypoints, point sets and polyline vertices (see ``shape``).
+        pa.field("keypoints", pa.string()),
+        pa.field("track_id", pa.int64()),  # object identity across frames (CVAT track, MOT id)
+        pa.field("frame", pa.int64()),  # frame number in its video / sequence, as written
+        pa.field("score", pa.float64()),  # model confidence of a prediction; null for humans
     ]
 )

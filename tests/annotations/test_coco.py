@@ -90,8 +90,8 @@ UNCOMPRESSED = {"counts": [0, 20, 30], "size": [10, 5]}  # columns 0-1 of a 5x10
             DoesNotRaise(),
         ),
         (
-            ann(attributes={"occluded": True}, score=0.9),
-            {"attributes": '{"_extra":{"score":0.9},"occluded":true}'},
+            ann(attributes={"occluded": True}, score=0.9, reviewer="b"),
+            {"attributes": '{"_extra":{"reviewer":"b"},"occluded":true}', "score": 0.9},
             DoesNotRaise(),
         ),
         (ann(bbox=[float("nan"), 5, 20, 10]), ("invalid_bbox", "/annotations/0/bbox", "NaN"), None),
@@ -473,3 +473,107 @@ def test_unusable_files_are_reported_not_raised(
     code, pointer, text = expected
     assert (issue.code, issue.file, issue.pointer) == (code, str(path), pointer)
     assert text in issue.message
+
+
+# ------------------------------------------------------------------------------------------
+# The fast path (structure scan + json.loads batches + vectorised checks) against the
+# reference converter, on annotations of every kind, valid and not, across batch boundaries.
+
+
+def _mixed_annotations(n: int, seed: int = 0) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    out: list[Any] = []
+    for i in range(n):
+        x, y = float(rng.uniform(0, 90)), float(rng.uniform(0, 40))
+        kind = i % 17
+        a: dict[str, Any] = {"id": i, "image_id": 1, "category_id": [1, 3, 7][i % 3]}
+        if kind == 0:
+            a["bbox"] = [x, y, 5.5, 4]
+        elif kind == 1:
+            a["segmentation"] = [[x, y, x + 5, y, x + 5, y + 5]]
+        elif kind == 2:
+            a |= {
+                "bbox": [x, y, 5, 5],
+                "segmentation": [[x, y, x + 5, y, x + 5, y + 5], [1, 1, 2, 1, 2, 2]],
+            }
+        elif kind == 3:
+            a["bbox"] = [math.nan, y, 5, 5]
+        elif kind == 4:
+            a["bbox"] = [x, y, 5, 5]
+            a["image_id"] = 999  # unknown image
+        elif kind == 5:
+            a["bbox"] = [99.5, y, 1.2, 5]  # overhang within tolerance: clipped with a warning
+        elif kind == 6:
+            a["bbox"] = [-0.004, y, 5, 5]  # float noise: clipped silently
+        elif kind == 7:
+            a |= {"bbox": [x, y, 5, 5], "attributes": {"occluded": bool(i % 2), "n": i}}
+        elif kind == 8:
+            a |= {"bbox": [x, y, 5, 5], "iscrowd": 1, "score": 0.5}
+        elif kind == 9:
+            a = {"id": i, "image_id": 40, "category_id": 1, "segmentation": UNCOMPRESSED}
+        elif kind == 10:
+            a["bbox"] = [x, y, 0, 5]
+        elif kind == 11:
+            a["bbox"] = [int(x), int(y), 5, 5]
+            a["segmentation"] = [[int(x), int(y), int(x) + 5, int(y), 0.0, 1e-5]]
+        elif kind == 12:
+            a["category_id"] = 2  # unknown category
+            a["bbox"] = [x, y, 5, 5]
+        elif kind == 13:
+            a |= {"bbox": [x, y, 5, 5], "iscrowd": 2}
+        elif kind == 14:
+            a |= {"bbox": [x, y, 5, 5], "keypoints": [x, y, 2, 0, 0, 0]}
+        elif kind == 15:
+            a = "not an object"
+        else:
+            a |= {"bbox": [x, y, 5, "7"], "extra": [1]}
+        out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("batch", [7, 1000])
+def test_fast_path_equals_the_reference_converter(
+    tmp_path: Any, monkeypatch: Any, batch: int
+) -> None:
+    monkeypatch.setattr(coco, "FAST_BATCH", batch)
+    data = doc(*_mixed_annotations(300))
+    path = write(tmp_path, "mixed.json", json.dumps(data))  # NaN as a bare token
+    fast = load_coco(path)
+    reference = coco_to_annotations(data, source_file=path)
+    assert fast.annotations.equals(reference.annotations)
+    assert [str(i) for i in fast.issues] == [str(i) for i in reference.issues]
+    assert len(fast.annotations) > 150 and len(fast.errors) > 50
+    # and the streaming (ijson) path used for remote files agrees too
+    monkeypatch.setattr(coco, "_load_file_fast", _refuse)
+    streamed = load_coco(path)
+    assert streamed.annotations.equals(reference.annotations)
+    assert [str(i) for i in streamed.issues] == [str(i) for i in reference.issues]
+
+
+def _refuse(uri: str, ctx: Any) -> None:
+    raise coco._UseReference("test")
+
+
+def test_streamed_to_parquet_equals_in_memory(tmp_path: Any) -> None:
+    from visionloop.annotations.export import import_to_table, read_annotation_table
+
+    data = doc(*_mixed_annotations(100))
+    path = write(tmp_path, "mixed.json", json.dumps(data))
+    out = str(tmp_path / "t.parquet")
+    result = import_to_table(path, "coco", out)
+    table, cmap = read_annotation_table(out)
+    memory = load_coco(path)
+    assert result.rows == len(table) == len(memory.annotations)
+    pd.testing.assert_frame_equal(table, memory.annotations)
+    assert cmap.to_json() == memory.categories.to_json()
+
+
+def test_unsplittable_annotations_array_falls_back_to_the_reference(tmp_path: Any) -> None:
+    text = json.dumps(doc(ann(id=1), ann(id=2)))
+    text = text.replace('"annotations": [', '"annotations": [7, ')
+    path = write(tmp_path, "odd.json", text)
+    result = load_coco(path)
+    assert len(result.annotations) == 2
+    assert [(e.code, e.pointer) for e in result.errors] == [
+        ("invalid_annotation", "/annotations/0")
+    ]

@@ -168,7 +168,8 @@ def test_yolo_obb_with_a_negative_coordinate() -> None:
     result, path = load("yolo/ultralytics_obb")
     df = result.annotations
     assert len(df) == 2
-    assert [json.loads(a) for a in df["attributes"]] == [{"yolo_shape": "obb"}] * 2
+    assert df["shape"].tolist() == ["obb"] * 2 and df["attributes"].isna().all()
+    assert [round(json.loads(o)[4], 1) for o in df["obb"]] == [30.0, 120.0]
     assert boxes(result) == [(0.201, 1.518, 4.5981, 4.9641), (3.634, 0.0, 4.7321, 6.0981)]
     assert json.loads(df["segmentation"].iloc[1])[0][-1] == -0.0981  # polygon kept as written
     [warning] = result.issues
@@ -184,6 +185,193 @@ def test_yolo_segment_polygons_with_3_and_5_points() -> None:
     assert boxes(result) == [(1.5, 1.0, 4.5, 4.0), (3.0, 1.5, 3.0, 6.0)]
     assert df["attributes"].isna().all()
     assert result.issues == []
+
+
+def test_label_studio_two_annotators_rotation_case_mismatch_and_polygons() -> None:
+    result, path = load("label_studio/converter_yolo_tests")
+    df = result.annotations
+    files = df["source_file"].str.rsplit("/", n=1).str[1]
+    assert files.value_counts().to_dict() == {
+        "data_obb.json": 25,
+        "data.json": 6,
+        "data_polygons.json": 1,
+    }
+    # data.json: task 1 labelled by users 2 and 1 (usable for agreement), task 2 by user 1
+    boxes_ = df[files == "data.json"]
+    assert boxes_["annotator"].tolist() == ["2", "2", "1", "1", "1", "1"]
+    assert boxes_["image_ref"].tolist() == ["image1"] * 4 + ["image2"] * 2
+    assert (
+        boxes_["category"].tolist() == ["parasites", "white", "parasites", "white"] + ["white"] * 2
+    )
+    assert set(boxes_["shape"]) == {"box"} and boxes_["image_width"].eq(2800).all()
+    # percent -> pixels: x = 37.158469945% of 2800 px
+    assert boxes(result)[0] == (1040.4372, 1978.8707, 117.3042, 132.6047)
+    # data_obb.json: rotation in degrees; "Butterfly" (24 results) vs the config's "butterfly"
+    obb = df[files == "data_obb.json"]
+    assert set(obb["shape"]) == {"obb"} and set(obb["category"]) == {"butterfly"}
+    assert obb["source_category_id"].value_counts().to_dict() == {"Butterfly": 24, "butterfly": 1}
+    [warning] = result.issues
+    assert (warning.code, warning.pointer) == ("label_case_mismatch", "/0/annotations/0/result/0")
+    assert warning.file == f"{path}/data_obb.json" and "(24 times; first here)" in warning.message
+    # corners agree with label-studio-converter's own YOLO-OBB expectations (its tests,
+    # test_convert_annotation_to_yolo_obb_format, annotations 2 and 3), normalised
+    expected = [
+        [0.32940009098188566, 0.7738909168266751, 0.4078648636432219, 0.7579911558782483,
+         0.43217208011269465, 0.830475727539231, 0.35370730745135837, 0.8463754884876579],
+        [0.16814074232397513, 0.5743596079245723, 0.29990750552628187, 0.6721650332758418,
+         0.24395249444460837, 0.7177171056620688, 0.11218573124230163, 0.6199116803107994],
+    ]  # fmt: skip
+    for row, want in zip(obb.iloc[1:3].itertuples(), expected, strict=True):
+        corners = json.loads(row.segmentation)[0]
+        got = [v / (597 if k % 2 == 0 else 768) for k, v in enumerate(corners)]
+        assert got == pytest.approx(want, abs=1e-5)
+    # data_polygons.json: the README says it lacks original sizes, but this copy has them
+    # (640x426); the no-size case is covered in test_label_studio.py
+    poly = df[files == "data_polygons.json"].iloc[0]
+    assert (poly["shape"], poly["category"], poly["image_width"]) == ("polygon", "Airplane", 640)
+    assert len(json.loads(poly["segmentation"])[0]) == 74  # 37 points
+    assert result.categories.names() == ["parasites", "white", "butterfly", "Airplane", "Car"]
+
+
+def test_cvat_project_with_subsets_whose_file_names_collide() -> None:
+    result, _ = load("cvat_images/project_multisubset")
+    df = result.annotations
+    assert len(df) == 12 and len(result.images) == 6 and result.issues == []
+    assert df.groupby("subset").size().to_dict() == {"Test": 4, "Train": 4, "Validation": 4}
+    assert df["shape"].tolist()[:4] == ["box", "polyline", "polygon", "points"]
+    assert json.loads(df["attributes"].iloc[0]) == {
+        "a1": True, "a2": "v3", "a3": "0003", "a4": 2.4, "occluded": True, "z_order": 1,
+    }  # fmt: skip
+    assert boxes(result)[:4] == [(0, 2, 4, 2), (1, 2, 6, 6), (1, 2, 5, 3), (1, 2, 4, 4)]
+    # img0.jpg exists in all three subsets: matching takes the subset's folder
+    manifest = pd.DataFrame(
+        {
+            "item_id": [f"{i:064x}" for i in range(6)],
+            "source_uri": [f"s/{i}" for i in range(6)],
+            "rel_path": [
+                f"images/{s}/img{i}.jpg" for s in ("Test", "Train", "Validation") for i in (0, 1)
+            ],
+            "status": ["accepted"] * 6,
+            "reason": [None] * 6,
+        }
+    )
+    matched, _ = match_annotations(df, manifest)
+    assert set(matched["match_method"]) == {"subset_folder"}
+    assert matched["item_id"].nunique() == 6
+
+
+def test_cvat_typed_attributes_and_empty_labels() -> None:
+    result, path = load("cvat_images/task_typed_attrs")
+    df = result.annotations
+    assert df["category"].tolist() == ["label1", "label2"] and df["subset"].unique() == ["train"]
+    assert [(e.code, e.pointer) for e in result.errors] == [
+        ("missing_label", "line 50, column 5"),  # the polyline with label=""
+        ("missing_label", "line 53, column 5"),  # the polygon with label=""
+    ]
+    assert result.errors[0].file == f"{path}/train.xml"
+
+
+def test_cvat_video_tracks_with_frame_step_and_outside() -> None:
+    result, _ = load("cvat_video/tracks_framefilter")
+    df = result.annotations
+    # 3 tracks; every keyframe after the first is outside="1": one row each
+    assert df["track_id"].tolist() == [0, 1, 2] and df["frame"].tolist() == [10, 10, 13]
+    assert df["category"].tolist() == ["II", "klhg", "II"]
+    assert df["shape"].tolist() == ["box", "points", "polyline"]
+    assert df["image_ref"].tolist() == ["images/frame_000010.png"] * 2 + ["images/frame_000013.png"]
+    assert boxes(result)[0] == (3, 4, 7, 1)
+    assert json.loads(df["attributes"].iloc[1]) == {"hgl": "hgkf", "keyframe": True}
+    assert (df["image_width"].unique().tolist(), df["image_height"].unique().tolist()) == (
+        [25],
+        [20],
+    )
+    assert result.categories.names() == ["klhg", "z U k", "II"]  # the label with spaces kept
+    assert result.issues == []  # frames 10, 13, 16 sit on start_frame 10 + k * step 3
+
+
+def test_mot_sequences_with_and_without_seqinfo() -> None:
+    result, _ = load("mot/mot17_gt")
+    df = result.annotations
+    assert df["image_ref"].tolist() == [
+        "mot_seq/img1/000001.jpg",
+        "mot_seq_with_seqinfo/img1/000001.jpg",
+    ]
+    assert df["category"].tolist() == ["label_2"] * 2  # class 3, 1-based into labels.txt
+    assert df["track_id"].isna().all() and df["frame"].tolist() == [1, 1]  # track id -1: none
+    assert boxes(result) == [(0, 4, 4, 8)] * 2
+    assert [json.loads(a) for a in df["attributes"]] == [{"visibility": 1.0}] * 2
+    assert (df["image_width"].tolist(), df["image_height"].tolist()) == ([16, 16], [16, 16])
+    assert result.issues == []
+
+
+def test_sam_compressed_rle_and_the_empty_mask() -> None:
+    result, path = load("sam/compressed_rle")
+    df = result.annotations
+    assert len(df) == 1 and df["category"].tolist() == ["object"] and df["shape"].iloc[0] == "mask"
+    assert boxes(result) == [(3, 1, 1, 4)]
+    assert json.loads(df["segmentation"].iloc[0]) == {"counts": "`04n0", "size": [5, 10]}
+    attrs = json.loads(df["attributes"].iloc[0])
+    assert set(attrs) == {"crop_box", "point_coords", "predicted_iou", "stability_score"}
+    [err] = result.errors
+    assert (err.code, err.file, err.pointer) == (
+        "empty_mask",
+        f"{path}/b.json",
+        "/annotations/0/segmentation",
+    )
+    assert "empty (area 0)" in err.message and "disagrees with the 5x10 image" in err.message
+
+
+def test_voc_parts_actions_masks_and_image_sets() -> None:
+    result, _ = load("voc/full_parts_actions_masks")
+    df = result.annotations
+    assert df["category"].tolist() == ["cat", "person", "head"]
+    assert boxes(result) == [(1, 2, 2, 2), (4, 5, 2, 2), (5.5, 6, 2, 2)]  # float 5.5 kept
+    assert df["subset"].tolist() == ["train"] * 3
+    assert json.loads(df["attributes"].iloc[0]) == {
+        "difficult": False, "pose": "Unspecified", "truncated": True,
+    }  # fmt: skip
+    assert json.loads(df["attributes"].iloc[1])["actions"]["jumping"] is False
+    assert json.loads(df["attributes"].iloc[2])["part_of"]["category"] == "person"
+    assert sorted(w.code for w in result.warnings) == [
+        "class_list_mismatch",  # cat_train.txt says -1, the XML has a cat
+        "listed_without_xml",  # 2007_000002 is in test.txt but has no XML
+        "masks_not_imported",  # SegmentationClass/Object PNGs
+    ]
+    comments, _ = load("voc/imageset_comments")  # blank line and "# comment" in train.txt
+    assert comments.annotations["subset"].tolist() == ["train"] and comments.issues == []
+
+
+def _sample_folders() -> list[str]:
+    if SAMPLES is None:
+        return []
+    return sorted(
+        f"{top.name}/{sub.name}"
+        for top in SAMPLES.iterdir()
+        if top.is_dir()
+        for sub in top.iterdir()
+        if sub.is_dir()
+    )
+
+
+EXPECTED_FORMAT = {
+    "coco": "coco",
+    "cvat_images": "cvat",
+    "cvat_video": "cvat",
+    "label_studio": "label_studio",
+    "mot": "mot",
+    "sam": "sam",
+    "voc": "voc",
+    "yolo": "yolo",
+}
+
+
+@pytest.mark.parametrize("folder", _sample_folders())
+def test_every_sample_folder_is_detected_and_imports_without_a_crash(folder: str) -> None:
+    result, _ = load(folder)
+    assert result.format == EXPECTED_FORMAT[folder.split("/")[0]]
+    assert len(result.annotations) > 0
+    # every issue names its file, and a pointer unless it is about the whole file
+    assert all(i.file for i in result.issues)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from contextlib import ExitStack as DoesNotRaise
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ def bbox(row: Any) -> tuple[float, ...]:
 @pytest.mark.parametrize(
     ("text", "expected", "exception"),
     [
-        ("1 0.5 0.5 0.2 0.4", {"bbox": (80, 30, 40, 40), "category": "vehicle"}, DoesNotRaise()),
+        (
+            "1 0.5 0.5 0.2 0.4",
+            {"bbox": (80, 30, 40, 40), "category": "vehicle", "shape": "box"},
+            DoesNotRaise(),
+        ),
         ("2.0 0.5 0.5 0.2 0.4", {"category": "sign", "source_category_id": "2"}, DoesNotRaise()),
         (  # 3-point segment polygon
             "0 0.1 0.1 0.4 0.1 0.4 0.5",
@@ -40,12 +45,12 @@ def bbox(row: Any) -> tuple[float, ...]:
         ),
         (  # 4 corners of a rotated rectangle: the YOLO-OBB layout
             "0 0.5 0.1 0.7 0.5 0.5 0.9 0.3 0.5",
-            {"bbox": (60, 10, 80, 80), "attributes": '{"yolo_shape":"obb"}'},
+            {"bbox": (60, 10, 80, 80), "shape": "obb", "attributes": None},
             DoesNotRaise(),
         ),
         (  # 4 points that are no rectangle: a plain polygon
             "0 0.1 0.1 0.9 0.1 0.5 0.5 0.1 0.9",
-            {"bbox": (20, 10, 160, 80), "attributes": None},
+            {"bbox": (20, 10, 160, 80), "shape": "polygon", "obb": None},
             DoesNotRaise(),
         ),
         ("\n\n1 0.5 0.5 0.2 0.4\n", {"source_pointer": "line 3"}, DoesNotRaise()),
@@ -95,15 +100,30 @@ def test_overhang_within_tolerance_is_clipped_with_a_warning() -> None:
     assert (warning.code, warning.pointer) == ("clipped", "line 1")
 
 
-def test_keypoints_are_kept_in_attributes_when_data_yaml_declares_kpt_shape() -> None:
+def test_keypoints_go_to_the_keypoints_column_when_data_yaml_declares_kpt_shape() -> None:
     result = yolo_to_annotations(
         "0 0.5 0.5 0.2 0.4 0.5 0.5 2 0.25 0.25 1", NAMES, "a.jpg", W, H, kpt_shape=[2, 3]
     )
     row = result.annotations.iloc[0]
     assert bbox(row) == (80, 30, 40, 40)
-    assert json.loads(row["attributes"]) == {"keypoints": [[100.0, 50.0, 2.0], [50.0, 25.0, 1.0]]}
+    assert row["shape"] == "keypoints"
+    assert json.loads(row["keypoints"]) == [[100.0, 50.0, 2], [50.0, 25.0, 1]]
+    assert pd.isna(row["attributes"])
+    # 2-d keypoints: (0, 0) means "not labelled" (v = 0)
+    two_d = yolo_to_annotations(
+        "0 0.5 0.5 0.2 0.4 0 0 0.5 0.5", NAMES, "a.jpg", W, H, kpt_shape=[2, 2]
+    )
+    assert json.loads(two_d.annotations["keypoints"].iloc[0]) == [[0.0, 0.0, 0], [100.0, 50.0, 2]]
     bad = yolo_to_annotations("0 0.5 0.5 0.2 0.4 0.5", NAMES, "a.jpg", W, H, kpt_shape=[2, 3])
     assert [e.code for e in bad.errors] == ["invalid_line"]
+
+
+def test_obb_corners_give_centre_size_and_angle() -> None:
+    row = yolo_to_annotations("0 0.5 0.1 0.7 0.5 0.5 0.9 0.3 0.5", NAMES, "a.jpg", W, H)
+    cx, cy, w, h, angle = json.loads(row.annotations["obb"].iloc[0])
+    side = math.hypot(40, 40)
+    assert (cx, cy, angle) == (100.0, 50.0, 45.0)
+    assert (round(w, 9), round(h, 9)) == (round(side, 9), round(side, 9))
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,18 @@ import pandas as pd
 import pytest
 
 from tests.curate import synthetic as S
+from visionloop.curate import dedup
 from visionloop.curate.dedup import (
+    MultiIndexHash,
+    choose_blocks,
+    cross_pairs,
     find_near_duplicates,
     group_near_duplicates,
     hamming_pairs,
+    incremental_pairs,
     keep_priority,
+    pairs_frame,
+    pixel_duplicates,
 )
 from visionloop.curate.metrics import compute_metrics
 
@@ -160,3 +167,130 @@ def test_missing_hashes_are_ignored() -> None:
     assert out.index.tolist() == [10, 20, 30]
     assert out["near_duplicate_of"].tolist() == [None, None, "a"]
     assert out["near_duplicate_distance"].tolist() == [-1, -1, 1]
+
+
+# --- multi-index hashing, incremental search, pixel tier -----------------------------------------
+
+
+def _planted(n: int, seed: int, max_flips: int = 12) -> np.ndarray:
+    """n random hashes, the second half copies of the first with 0..max_flips bits flipped."""
+    rng = np.random.default_rng(seed)
+    half = rng.integers(0, 2**63, n // 2, dtype=np.int64).astype(np.uint64)
+    half ^= rng.integers(0, 2, n // 2).astype(np.uint64) << np.uint64(63)
+    copies = half.copy()
+    for k in range(len(copies)):
+        for b in rng.choice(64, int(rng.integers(0, max_flips + 1)), replace=False):
+            copies[k] ^= np.uint64(1) << np.uint64(int(b))
+    return np.concatenate([half, copies])
+
+
+@pytest.mark.parametrize(
+    ("radius", "blocks"),
+    [(0, None), (1, None), (4, None), (8, None), (12, None), (1, 2), (4, 2), (8, 3), (12, 5)],
+)
+def test_multi_index_hashing_equals_the_scan(radius: int, blocks: int | None) -> None:
+    """Exact: the same pairs and distances, whatever the block layout (2 blocks of 32 bits use
+    the sorted-array lookup, narrower blocks the dense bucket table)."""
+    h = _planted(600, seed=radius)
+    si, sj, sd = hamming_pairs(h, radius, method="scan")
+    index = MultiIndexHash(h, radius, blocks=blocks)
+    qi, ci, d = index.query(h, exclude_self=np.arange(len(h)))
+    keep = qi < ci
+    got = set(zip(qi[keep].tolist(), ci[keep].tolist(), d[keep].tolist(), strict=True))
+    assert got == set(zip(si.tolist(), sj.tolist(), sd.tolist(), strict=True))
+    # each pair once per direction (never again from another block), and no self-matches
+    assert len(qi) == 2 * len(si)
+    mi, mj, md = hamming_pairs(h, radius, method="mih")
+    assert (mi.tolist(), mj.tolist(), md.tolist()) == (si.tolist(), sj.tolist(), sd.tolist())
+    if radius == 8:
+        assert len(si) > 100  # the planted copies are really found
+
+
+def test_block_choice_follows_the_cost_model() -> None:
+    assert choose_blocks(300, 8) == 9  # tiny index: exact 7-bit blocks
+    assert choose_blocks(1_000_000, 8) == 3  # 21-22 bit blocks, 2 flips each
+    assert choose_blocks(10_000, 0) == 1  # exact match: one 64-bit block
+
+
+def test_cross_pairs_are_new_versus_all() -> None:
+    h = _planted(400, seed=7, max_flips=8)
+    new = np.array([5, 150, 201, 399])
+    ci, cj, cd = cross_pairs(h, new, 8)
+    si, sj, sd = hamming_pairs(h, 8, method="scan")
+    expected = {
+        (a, b, d)
+        for a, b, d in zip(si.tolist(), sj.tolist(), sd.tolist(), strict=True)
+        if a in set(new.tolist()) or b in set(new.tolist())
+    }
+    assert set(zip(ci.tolist(), cj.tolist(), cd.tolist(), strict=True)) == expected
+    assert len(expected) >= 3  # rows 5 and 150 / 201 have planted copies
+    assert all(a < b for a, b in zip(ci, cj, strict=True))
+
+
+def _hex(h: np.ndarray) -> np.ndarray:
+    return np.array([f"{int(x):016x}" for x in h], dtype=object)
+
+
+def test_incremental_pairs_equal_a_search_from_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _planted(500, seed=9, max_flips=8)
+    ids = np.array([f"item{k:04d}" for k in range(len(h))], dtype=object)
+    old = np.arange(490)
+    first = incremental_pairs(ids[old], _hex(h[old]), 8)
+    assert (first.indexed, first.queried, first.reused_pairs) == (490, 490, 0)
+    state_pairs = pairs_frame(ids[old], first)
+    state_index = pd.DataFrame({"item_id": ids[old], "phash": _hex(h[old])})
+
+    searched: list[int] = []
+    real = MultiIndexHash.query
+
+    def spy(self, queries, exclude_self=None):  # type: ignore[no-untyped-def]
+        searched.append(len(queries))
+        return real(self, queries, exclude_self)
+
+    monkeypatch.setattr(MultiIndexHash, "query", spy)
+    monkeypatch.setattr(dedup, "BRUTE_MAX", 16)  # force the index even at this size
+    # 10 new items; one old item's hash changed (re-published image): it is searched again
+    h2 = h.copy()
+    h2[3] ^= np.uint64(0xFF00FF00)
+    again = incremental_pairs(
+        ids, _hex(h2), 8, previous_index=state_index, previous_pairs=state_pairs, previous_radius=8
+    )
+    assert searched == [11]  # the 10 new + the changed one, against all 500
+    assert (again.indexed, again.queried) == (500, 11)
+    scratch = incremental_pairs(ids, _hex(h2), 8)
+    assert (again.i.tolist(), again.j.tolist(), again.distance.tolist()) == (
+        scratch.i.tolist(),
+        scratch.j.tolist(),
+        scratch.distance.tolist(),
+    )
+    assert again.reused_pairs > 0
+    # a smaller radius reuses the old pairs (filtered); a larger one searches everything
+    smaller = incremental_pairs(
+        ids, _hex(h2), 5, previous_index=state_index, previous_pairs=state_pairs, previous_radius=8
+    )
+    assert smaller.queried == 11
+    assert smaller.i.tolist() == incremental_pairs(ids, _hex(h2), 5).i.tolist()
+    larger = incremental_pairs(
+        ids, _hex(h2), 10, previous_index=state_index, previous_pairs=state_pairs, previous_radius=8
+    )
+    assert larger.queried == 500 and larger.reused_pairs == 0
+
+
+def test_pixel_duplicates_keep_one_copy_by_the_keep_rule() -> None:
+    items = pd.DataFrame(
+        {
+            "source_uri": ["b.png", "a.jpg", "c.bmp", "d.jpg", "e.jpg"],
+            "pixel_hash": ["p1", "p1", "p1", "p2", None],
+            "blur": [0.5, 0.5, 0.5, 0.5, 0.5],
+            "width": [640, 640, 640, 640, 640],
+            "height": [480, 480, 480, 480, 480],
+            "passes_quality": [True, True, True, True, True],
+        },
+        index=[10, 11, 12, 13, 14],
+    )
+    out = pixel_duplicates(items)
+    # equal pixels, sharpness and size: the first source_uri is kept
+    assert out.tolist() == ["a.jpg", None, "a.jpg", None, None]
+    # a copy of another size is another picture
+    items.loc[12, "width"] = 320
+    assert pixel_duplicates(items).tolist() == ["a.jpg", None, None, None, None]

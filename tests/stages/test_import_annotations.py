@@ -250,3 +250,60 @@ def test_no_sources_gives_an_empty_table_and_every_image_unlabelled(workspace: W
     assert (summary.details["annotations"], summary.details["unlabelled_accepted"]) == (0, 6)
     table = pq.read_table(workspace.uri("import_annotations", "annotations.parquet"))
     assert table.num_rows == 0 and table.schema.remove_metadata().equals(ANNOTATION_SCHEMA)
+
+
+def test_stage_reads_label_studio_and_cvat_through_the_same_registry(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """Every format the CLI reads, the stage reads (format given or detected): here two
+    annotators in Label Studio (sizes from the manifest) and a CVAT file."""
+    task = {
+        "data": {"image": "/data/local-files/?d=cam_a/img_0001.jpg"},
+        "annotations": [
+            {"completed_by": 1, "result": [_ls_box(10, 10)]},
+            {"completed_by": 2, "result": [_ls_box(11, 10)]},
+        ],
+        "predictions": [{"model_version": "m1", "result": [_ls_box(12, 10, score=0.5)]}],
+    }
+    ls = tmp_path / "src/annotations/ls/export.json"
+    ls.parent.mkdir(parents=True)
+    ls.write_text(json.dumps([task]))
+    cvat = tmp_path / "src/annotations/cvat/annotations.xml"
+    cvat.parent.mkdir(parents=True)
+    cvat.write_text(
+        '<annotations><version>1.1</version><image id="0" name="cam_b/img_0003.jpg" '
+        'width="640" height="480"><box label="vehicle" xtl="1" ytl="1" xbr="9" ybr="9"/>'
+        "</image></annotations>"
+    )
+    params = Params(
+        run=RunParams(data_dir="data", max_workers=1),
+        collect=CollectParams(source="src/images"),
+        import_annotations=ImportAnnotationsParams(
+            sources=[
+                AnnotationSource(format="label_studio", path="src/annotations/ls"),
+                AnnotationSource(format="auto", path="src/annotations/cvat"),
+            ]
+        ),
+    )
+    summary = run_stage(ImportAnnotationsStage(), workspace, params)
+    df = storage.read_table(workspace.uri("import_annotations", "annotations.parquet"))
+    assert df["annotator"].tolist()[:3] == ["1", "2", "prediction:m1"]
+    assert df["annotator"].isna().tolist()[3]  # CVAT has no annotator
+    assert df["match_status"].tolist() == ["matched"] * 4
+    assert df["bbox_x"].tolist()[:3] == [64.0, 70.4, 76.8]  # 10 % of the manifest's 640 px
+    assert df["score"].tolist()[2] == 0.5
+    assert [s["format_choice"] for s in summary.details["sources"]] == [
+        "configured",
+        "detected: src/annotations/cvat/annotations.xml: XML with an <annotations> root (CVAT 1.1)",
+    ]
+
+
+def _ls_box(x: float, y: float, **extra: Any) -> dict[str, Any]:
+    value = {"x": x, "y": y, "width": 5, "height": 5, "rectanglelabels": ["face"]}
+    return {
+        "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "value": value,
+        **extra,
+    }

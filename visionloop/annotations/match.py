@@ -5,7 +5,8 @@ An export names its images its own way: a path relative to some folder (COCO ``f
 knows each file by ``rel_path`` below the collect source. Matching tries, in order:
 
 1. ``rel_path``: the normalised reference equals a manifest path;
-2. ``file_name``: exactly one manifest file has that name;
+2. ``file_name``: exactly one manifest file has that name (``file_stem`` for a reference
+   without an extension, e.g. a CVAT video frame "frame_000010");
    when several do (the same name in Train/ and Test/), ``path_suffix`` keeps the one sharing
    the most trailing folders with the reference, and ``subset_folder`` the one inside a folder
    named like the export's subset;
@@ -65,8 +66,11 @@ class ManifestIndex:
         self.status = manifest["status"].tolist()
         self.by_path = {p: i for i, p in enumerate(self.rel)}
         self.by_name: dict[str, list[int]] = {}
+        self.by_stem: dict[str, list[int]] = {}
         for i, p in enumerate(self.rel):
-            self.by_name.setdefault(posixpath.basename(p), []).append(i)
+            name = posixpath.basename(p)
+            self.by_name.setdefault(name, []).append(i)
+            self.by_stem.setdefault(posixpath.splitext(name)[0], []).append(i)
         self.by_sha: dict[str, list[int]] = {}
         for i, sha in enumerate(self.item_id):
             self.by_sha.setdefault(str(sha).lower(), []).append(i)
@@ -78,10 +82,15 @@ class ManifestIndex:
         norm = normalise_ref(ref)
         if norm in self.by_path:
             return Match(self.by_path[norm], "rel_path")
-        cands = self.by_name.get(posixpath.basename(norm), [])
+        base = posixpath.basename(norm)
+        cands = self.by_name.get(base, [])
         why = "no manifest file with this path or file name"
+        method = "file_name"
+        if not cands and not posixpath.splitext(base)[1]:
+            # No extension (Label Studio "/image1", CVAT video "frame_000010"): the stem.
+            cands, method = self.by_stem.get(base, []), "file_stem"
         if len(cands) == 1:
-            return Match(cands[0], "file_name")
+            return Match(cands[0], method)
         if len(cands) > 1:
             picked = self._by_suffix(norm, cands)
             if picked is not None:

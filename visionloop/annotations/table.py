@@ -15,12 +15,20 @@ negative width is rejected the same way whether it came from COCO or YOLO:
 - ``TableBuilder``: records -> Arrow batches (bounded memory for large exports) -> DataFrame with
   ``ANNOTATION_SCHEMA``.
 - ``combine_results``: several ``ImportResult``s -> one table with one category map.
+- The geometry convention beyond boxes (``shape``, ``obb``, ``keypoints``; see the section
+  "Shapes, predictions and the geometry convention"), predictions kept apart by annotator
+  (``prediction:<model_version>``), and ``ref_escape``: no image reference may leave the
+  dataset root.
+- ``ParquetSink``: a builder's batches streamed into a Parquet file (bounded memory).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -115,6 +123,12 @@ class AnnotationRecord:
     item_id: str | None = None
     match_status: str = UNMATCHED
     match_method: str | None = None
+    shape: str | None = None
+    obb: str | None = None
+    keypoints: str | None = None
+    track_id: int | None = None
+    frame: int | None = None
+    score: float | None = None
 
 
 @dataclass(slots=True)
@@ -140,21 +154,103 @@ def empty_images() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in IMAGE_COLUMNS})
 
 
+def with_all_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every ``ANNOTATION_SCHEMA`` column, in schema order: a table written before
+    a nullable column was added gets it as nulls, so old tables keep reading and writing."""
+    missing = [n for n in ANNOTATION_SCHEMA.names if n not in df.columns]
+    if not missing:
+        return df[list(ANNOTATION_SCHEMA.names)]
+    out = df.copy()
+    for name in missing:
+        out[name] = None
+    return out[list(ANNOTATION_SCHEMA.names)]
+
+
 def annotations_to_arrow(df: pd.DataFrame) -> pa.Table:
     """The DataFrame as an Arrow table with exactly ``ANNOTATION_SCHEMA`` (for writing)."""
     return pa.Table.from_pandas(
-        df[list(ANNOTATION_SCHEMA.names)], schema=ANNOTATION_SCHEMA, preserve_index=False
+        with_all_columns(df), schema=ANNOTATION_SCHEMA, preserve_index=False
     )
+
+
+class ParquetSink:
+    """Receives the builder's Arrow batches and appends them to a Parquet file as row groups,
+    so an import of any size holds a couple of batches at a time. Writing (compression,
+    I/O; pyarrow releases the GIL) runs in a thread beside the conversion. The file appears
+    (atomically: a temporary sibling renamed, or one S3 upload) when ``close`` is called."""
+
+    def __init__(self, uri: str) -> None:
+        import queue
+        import threading
+
+        import pyarrow.parquet as pq
+
+        from visionloop import storage
+
+        self.uri = uri
+        self.rows = 0
+        fs, path = storage.filesystem(uri)
+        parent = storage.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        self._path = path
+        self._tmp = path if storage.is_remote(uri) else f"{path}.tmp-{uuid.uuid4().hex}"
+        self._fh = fs.open(self._tmp, "wb")
+        self._writer = pq.ParquetWriter(
+            self._fh, ANNOTATION_SCHEMA, compression="zstd", compression_level=1
+        )
+        self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="parquet-sink", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_batch(batch)
+                except BaseException as e:  # re-raised in the caller's thread
+                    self._error = e
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(batch)
+        self.rows += batch.num_rows
+
+    def _stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.close()
+        self._fh.close()
+
+    def close(self) -> None:
+        self._stop()
+        if self._error is not None:
+            self._discard()
+            raise self._error
+        if self._tmp != self._path:
+            os.replace(self._tmp, self._path)
+
+    def abort(self) -> None:
+        self._stop()
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._tmp != self._path and os.path.exists(self._tmp):
+            os.remove(self._tmp)
 
 
 class TableBuilder:
     """Collects records and turns them into Arrow batches every ``batch_size`` rows, so a
-    million-annotation export is held as compact columns rather than Python objects."""
+    million-annotation export is held as compact columns rather than Python objects. With a
+    ``sink``, each batch goes to it (e.g. a ``ParquetSink``) instead of being kept."""
 
-    def __init__(self, batch_size: int = 20_000) -> None:
+    def __init__(self, batch_size: int = 20_000, sink: ParquetSink | None = None) -> None:
         self._batch_size = batch_size
         self._pending: list[AnnotationRecord] = []
         self._batches: list[pa.RecordBatch] = []
+        self.sink = sink
         self.count = 0
 
     def add(self, record: AnnotationRecord) -> None:
@@ -167,14 +263,31 @@ class TableBuilder:
         for r in records:
             self.add(r)
 
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Append rows already in ``ANNOTATION_SCHEMA`` (after any pending records)."""
+        self._flush()
+        self.count += batch.num_rows
+        self._emit(batch)
+
+    def _emit(self, batch: pa.RecordBatch) -> None:
+        if self.sink is not None:
+            self.sink.write(batch)
+        else:
+            self._batches.append(batch)
+
     def _flush(self) -> None:
         if not self._pending:
             return
         cols = {name: [getattr(r, name) for r in self._pending] for name in ANNOTATION_SCHEMA.names}
-        self._batches.append(pa.RecordBatch.from_pydict(cols, schema=ANNOTATION_SCHEMA))
+        self._emit(pa.RecordBatch.from_pydict(cols, schema=ANNOTATION_SCHEMA))
         self._pending = []
 
+    def arrow(self) -> pa.Table:
+        self._flush()
+        return pa.Table.from_batches(self._batches, schema=ANNOTATION_SCHEMA)
+
     def build(self) -> pd.DataFrame:
+        """The rows as a DataFrame (empty when they went to a sink)."""
         self._flush()
         if not self._batches:
             return empty_annotations()
@@ -192,6 +305,16 @@ class CategoryMap:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self.source_maps: dict[str, dict[str, int]] = {}
+        # Per-category facts a format needs to write the category back: COCO's keypoint
+        # ``keypoints`` (names) and ``skeleton``, CVAT's ``attributes`` spec... by name.
+        self.meta: dict[str, dict[str, Any]] = {}
+
+    def set_meta(self, name: str, **values: Any) -> None:
+        """Record category-level facts (only non-empty values; the first source wins)."""
+        entry = self.meta.setdefault(str(name).strip(), {})
+        for k, v in values.items():
+            if v not in (None, [], {}, "") and k not in entry:
+                entry[k] = v
 
     def register(self, source_file: str, source_id: Any, name: str) -> int:
         name = str(name).strip()
@@ -217,6 +340,9 @@ class CategoryMap:
         cmap = cls()
         for cat in sorted(doc.get("categories", []), key=lambda c: int(c["id"])):
             cmap._ids[str(cat["name"])] = int(cat["id"])
+            extra = {k: v for k, v in cat.items() if k not in ("id", "name")}
+            if extra:
+                cmap.meta[str(cat["name"])] = extra
         cmap.source_maps = {
             s: {k: int(v) for k, v in m.items()} for s, m in doc.get("source_maps", {}).items()
         }
@@ -225,7 +351,9 @@ class CategoryMap:
     def to_json(self) -> dict[str, Any]:
         """The ``categories.json`` document of the COLUMNS contract."""
         return {
-            "categories": [{"id": i, "name": n} for n, i in self._ids.items()],
+            "categories": [
+                {"id": i, "name": n, **self.meta.get(n, {})} for n, i in self._ids.items()
+            ],
             "source_maps": {s: dict(m) for s, m in self.source_maps.items()},
         }
 
@@ -241,6 +369,7 @@ class ImportResult:
     categories: CategoryMap
     images: pd.DataFrame = field(default_factory=empty_images)
     issues: list[ImportIssue] = field(default_factory=list)
+    rows: int | None = None  # rows written to a sink (``annotations`` is then empty)
 
     @property
     def errors(self) -> list[ImportIssue]:
@@ -251,7 +380,37 @@ class ImportResult:
         return [i for i in self.issues if i.level == "warning"]
 
 
-def images_frame(images: Sequence[ImageRecord]) -> pd.DataFrame:
+class ImageColumns:
+    """Declared images kept as columns (a COCO file can declare half a million): ``append``
+    takes an ``ImageRecord``, ``extend`` whole columns."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[Any]] = {c: [] for c in IMAGE_COLUMNS}
+
+    def append(self, im: ImageRecord) -> None:
+        for c in IMAGE_COLUMNS:
+            self.cols[c].append(getattr(im, c))
+
+    def extend(self, **columns: list[Any]) -> None:
+        n = len(next(iter(columns.values())))
+        for c in IMAGE_COLUMNS:
+            self.cols[c].extend(columns[c] if c in columns else [None] * n)
+
+    def __len__(self) -> int:
+        return len(self.cols["image_ref"])
+
+    def frame(self) -> pd.DataFrame:
+        if not len(self):
+            return empty_images()
+        df = pd.DataFrame(self.cols)
+        for c in ("width", "height"):
+            df[c] = df[c].astype("Int64")
+        return df
+
+
+def images_frame(images: Sequence[ImageRecord] | ImageColumns) -> pd.DataFrame:
+    if isinstance(images, ImageColumns):
+        return images.frame()
     if not images:
         return empty_images()
     df = pd.DataFrame([{c: getattr(im, c) for c in IMAGE_COLUMNS} for im in images])
@@ -278,6 +437,8 @@ def combine_results(results: Sequence[ImportResult]) -> CombinedImport:
         for source_file, smap in res.categories.source_maps.items():
             for sid, local_id in smap.items():
                 cmap.register(source_file, sid, local_names[local_id])
+        for name, meta in res.categories.meta.items():
+            cmap.set_meta(name, **meta)
         df = res.annotations
         if len(df):
             df = df.copy()
@@ -477,3 +638,275 @@ def category_counts(df: pd.DataFrame) -> dict[str, int]:
     if not len(df):
         return {}
     return {str(k): int(v) for k, v in df["category"].value_counts().sort_index().items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes, predictions and the geometry convention beyond boxes
+#
+# Every row's bbox_* is the axis-aligned extent, in absolute pixels, of what was drawn. What was
+# drawn is ``shape``; each shape keeps its exact geometry in one column:
+#   box        bbox_* only
+#   polygon    segmentation = [[x1, y1, x2, y2, ...], ...] (several rings = one object)
+#   mask       segmentation = {"size": [h, w], "counts": "<COCO compressed RLE>"}
+#   obb        obb = [cx, cy, w, h, angle]; segmentation = its 4 corners (or as written)
+#   ellipse    obb = [cx, cy, 2 rx, 2 ry, angle]; segmentation = a 32-point outline
+#   polyline   keypoints = the vertices, in order, each [x, y, 2]
+#   points     keypoints = an unordered point set, [x, y, v] (v 2 = visible)
+#   keypoints  keypoints = pose points [x, y, v] in the category's keypoint order (names in
+#              categories.json), usually with a bbox and sometimes a segmentation
+#   tag        no geometry: an image-level label (bbox_* null)
+# bbox_* is null for a tag and for a point set or line without area (one point, a straight
+# horizontal line): the gate's box checks then skip the row instead of failing it.
+
+BOX = "box"
+POLYGON = "polygon"
+MASK = "mask"
+OBB = "obb"
+ELLIPSE = "ellipse"
+POLYLINE = "polyline"
+POINTS = "points"
+KEYPOINTS = "keypoints"
+TAG = "tag"
+SHAPES: tuple[str, ...] = (BOX, POLYGON, MASK, OBB, ELLIPSE, POLYLINE, POINTS, KEYPOINTS, TAG)
+POINT_SHAPES = frozenset({POLYLINE, POINTS, KEYPOINTS})
+
+# Predictions (model pre-annotations) are kept apart from human annotations by their
+# annotator: "prediction:<model_version>". A reader never gives a human this prefix, so
+# ``annotator`` alone tells who (or what) drew a row: compare annotators, drop predictions.
+PREDICTION_PREFIX = "prediction:"
+
+
+def prediction_annotator(model_version: Any) -> str:
+    """The ``annotator`` of a prediction made by ``model_version`` (unknown -> "unknown")."""
+    version = "" if model_version is None else str(model_version).strip()
+    return PREDICTION_PREFIX + (version or "unknown")
+
+
+def is_prediction(annotator: Any) -> bool:
+    return isinstance(annotator, str) and annotator.startswith(PREDICTION_PREFIX)
+
+
+def prediction_mask(df: pd.DataFrame) -> pd.Series:
+    """Boolean mask of the rows that are model predictions (see ``PREDICTION_PREFIX``)."""
+    if "annotator" not in df.columns or not len(df):
+        return pd.Series(False, index=df.index)
+    return df["annotator"].astype("string").str.startswith(PREDICTION_PREFIX).fillna(False)
+
+
+def shape_of(shape: Any, segmentation: Any) -> str:
+    """A row's shape; for tables written before the ``shape`` column, inferred from the
+    segmentation (RLE object -> mask, polygons -> polygon, none -> box)."""
+    if isinstance(shape, str) and shape:
+        return shape
+    if isinstance(segmentation, str) and segmentation:
+        return MASK if segmentation.lstrip().startswith("{") else POLYGON
+    return BOX
+
+
+def _rotate(dx: float, dy: float, cos: float, sin: float) -> tuple[float, float]:
+    # Clockwise on screen (y points down) is the usual counter-clockwise matrix.
+    return dx * cos - dy * sin, dx * sin + dy * cos
+
+
+def obb_corners(cx: float, cy: float, w: float, h: float, angle: float) -> list[float]:
+    """The 4 corners [x1, y1, ..., x4, y4] of an oriented box: the unrotated box's top-left,
+    top-right, bottom-right and bottom-left, turned ``angle`` degrees clockwise about the
+    centre."""
+    rad = math.radians(angle)
+    cos, sin = math.cos(rad), math.sin(rad)
+    out: list[float] = []
+    for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
+        rx, ry = _rotate(dx, dy, cos, sin)
+        out.extend((cx + rx, cy + ry))
+    return out
+
+
+def obb_from_corners(pts: Sequence[float]) -> tuple[float, float, float, float, float]:
+    """(cx, cy, w, h, angle) of 4 corners in drawing order (the first edge is the width):
+    the inverse of ``obb_corners`` for a rectangle."""
+    x1, y1, x2, y2, x3, y3, x4, y4 = (float(v) for v in pts[:8])
+    cx, cy = (x1 + x2 + x3 + x4) / 4, (y1 + y2 + y3 + y4) / 4
+    w = math.hypot(x2 - x1, y2 - y1)
+    h = math.hypot(x3 - x2, y3 - y2)
+    angle = math.degrees(math.atan2(y2 - y1, x2 - x1)) % 360.0
+    return cx, cy, w, h, angle
+
+
+def obb_from_top_left(
+    x: float, y: float, w: float, h: float, angle: float
+) -> tuple[float, float, float, float, float]:
+    """(cx, cy, w, h, angle) of a box given by its top-left corner and turned about that
+    corner (Label Studio's convention)."""
+    rad = math.radians(angle)
+    rx, ry = _rotate(w / 2, h / 2, math.cos(rad), math.sin(rad))
+    return x + rx, y + ry, w, h, angle % 360.0
+
+
+def obb_top_left(cx: float, cy: float, w: float, h: float, angle: float) -> tuple[float, float]:
+    """The top-left corner of an oriented box turned about its centre (inverse of the above)."""
+    rad = math.radians(angle)
+    rx, ry = _rotate(w / 2, h / 2, math.cos(rad), math.sin(rad))
+    return cx - rx, cy - ry
+
+
+def ellipse_outline(
+    cx: float, cy: float, w: float, h: float, angle: float, n: int = 32
+) -> list[float]:
+    """``n`` points on an ellipse (w, h are the diameters), for polygon-only consumers."""
+    rad = math.radians(angle)
+    cos, sin = math.cos(rad), math.sin(rad)
+    out: list[float] = []
+    for k in range(n):
+        t = 2 * math.pi * k / n
+        rx, ry = _rotate(w / 2 * math.cos(t), h / 2 * math.sin(t), cos, sin)
+        out.extend((round(cx + rx, 4), round(cy + ry, 4)))
+    return out
+
+
+def ellipse_extent(
+    cx: float, cy: float, w: float, h: float, angle: float
+) -> tuple[float, float, float, float]:
+    """The exact axis-aligned xywh extent of a rotated ellipse."""
+    rad = math.radians(angle)
+    a, b = w / 2, h / 2
+    hx = math.sqrt((a * math.cos(rad)) ** 2 + (b * math.sin(rad)) ** 2)
+    hy = math.sqrt((a * math.sin(rad)) ** 2 + (b * math.cos(rad)) ** 2)
+    return cx - hx, cy - hy, 2 * hx, 2 * hy
+
+
+def check_obb(
+    cx: Any,
+    cy: Any,
+    w: Any,
+    h: Any,
+    angle: Any,
+    image_width: int | None = None,
+    image_height: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    ellipse: bool = False,
+) -> tuple[GeometryCheck, list[float]]:
+    """Validate an oriented box (or ellipse) and return (check of its extent, its outline)."""
+    for name, v in (("cx", cx), ("cy", cy), ("width", w), ("height", h), ("angle", angle)):
+        problem = _number_problem(f"{'ellipse' if ellipse else 'oriented box'} {name}", v)
+        if problem:
+            return GeometryCheck(None, error=problem), []
+    if w <= 0 or h <= 0:
+        return GeometryCheck(None, error=f"oriented box has no area ({_fmt(w)} x {_fmt(h)})"), []
+    if ellipse:
+        outline = ellipse_outline(cx, cy, w, h, angle)
+        ex, ey, ew, eh = ellipse_extent(cx, cy, w, h, angle)
+        return check_box(ex, ey, ew, eh, image_width, image_height, limits), outline
+    outline = obb_corners(cx, cy, w, h, angle)
+    return check_polygons([outline], image_width, image_height, limits), outline
+
+
+def obb_json(cx: float, cy: float, w: float, h: float, angle: float) -> str:
+    return "[" + ",".join(repr(float(v)) for v in (cx, cy, w, h, angle % 360.0)) + "]"
+
+
+def keypoints_json(points: Sequence[Sequence[float]]) -> str:
+    """``[[x, y, v], ...]`` compactly (v written as an int)."""
+    return "[" + ",".join(f"[{float(p[0])!r},{float(p[1])!r},{int(p[2])}]" for p in points) + "]"
+
+
+def check_points(
+    points: Any,
+    image_width: int | None = None,
+    image_height: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    min_points: int = 1,
+) -> GeometryCheck:
+    """Validate ``[[x, y, v], ...]`` (points with v = 0 are "not labelled": their coordinates
+    are not checked). ``box`` is the extent of the labelled points, or None without an error
+    when they have no area (one point): check ``error`` to tell rejection from that."""
+    if not isinstance(points, list) or len(points) < min_points:
+        return GeometryCheck(None, error=f"needs at least {min_points} point(s)")
+    xs: list[float] = []
+    ys: list[float] = []
+    for k, p in enumerate(points):
+        if not isinstance(p, (list, tuple)) or len(p) != 3:
+            return GeometryCheck(None, error=f"point {k} is not [x, y, visibility]")
+        if p[2] == 0:
+            continue
+        for name, v in (("x", p[0]), ("y", p[1])):
+            problem = _number_problem(f"point {k} {name}", v)
+            if problem:
+                return GeometryCheck(None, error=problem)
+        xs.append(float(p[0]))
+        ys.append(float(p[1]))
+    if not xs:
+        return GeometryCheck(None)
+    worst = max(max(map(abs, xs)), max(map(abs, ys)))
+    if worst > limits.max_coordinate:
+        return GeometryCheck(
+            None,
+            error=f"point coordinate {_fmt(worst)} is absurd (above {_fmt(limits.max_coordinate)})",
+        )
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    if image_width is not None and image_height is not None:
+        tx, ty = limits.overhang(image_width), limits.overhang(image_height)
+        if x0 < -tx or y0 < -ty or x1 > image_width + tx or y1 > image_height + ty:
+            return GeometryCheck(
+                None,
+                error=(
+                    f"points [{_fmt(x0)}, {_fmt(y0)}, {_fmt(x1)}, {_fmt(y1)}] (x0,y0,x1,y1) lie "
+                    f"outside the {image_width}x{image_height} image by more than the tolerance"
+                ),
+            )
+    if x1 - x0 <= 0 or y1 - y0 <= 0:
+        return GeometryCheck(None)  # valid, but no area: no bbox
+    return _clip_to_image(x0, y0, x1, y1, image_width, image_height, limits, "points")
+
+
+# --------------------------------------------------------------------------------------------
+# Path safety
+
+_DRIVE_RE = re.compile(r"^[A-Za-z]:[\\/]")
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(ref: str) -> bool:
+    return bool(_SCHEME_RE.match(ref))
+
+
+def is_absolute_ref(ref: str) -> bool:
+    """A POSIX absolute path, a Windows UNC path or a drive path: it ignores the root."""
+    r = ref.strip()
+    return r.startswith(("/", "\\")) or bool(_DRIVE_RE.match(r))
+
+
+def ref_escape(ref: Any) -> str | None:
+    """Why an image reference from an export would escape the dataset root (absolute path,
+    ``..`` above the root, NUL byte), or None when it is safe. URLs (``s3://``, ``https://``)
+    are names, not paths below the root, and are accepted. A reader rejects an escaping
+    reference (error ``path_escape``); an exporter never writes a file at such a place."""
+    if not isinstance(ref, str) or not ref.strip():
+        return "empty file name"
+    if "\x00" in ref:
+        return "file name contains a NUL byte"
+    if is_url(ref):
+        return None
+    r = ref.strip().replace("\\", "/")
+    if is_absolute_ref(ref):
+        return f"absolute path {ref!r} escapes the dataset root"
+    depth = 0
+    for part in r.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return f"{ref!r} climbs above the dataset root ('..')"
+        elif part not in ("", "."):
+            depth += 1
+    return None
+
+
+def safe_join_rel(*parts: str) -> str:
+    """Join relative path parts and normalise; raises ``AnnotationImportError`` when the
+    result would leave the root (exporters build output file names with this)."""
+    import posixpath
+
+    joined = posixpath.normpath("/".join(p.replace("\\", "/") for p in parts if p))
+    why = ref_escape(joined)
+    if why:
+        raise AnnotationImportError(why)
+    return joined

@@ -25,6 +25,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,12 +37,16 @@ import pyarrow.parquet as pq
 from visionloop import storage
 from visionloop.config import Params
 from visionloop.expectations.suites import (
+    GATE_COMPANIONS,
     GATE_TABLES,
     GATES,
     build_suite,
+    companion_asset,
+    companion_checks,
+    companion_tables,
     gate_checks,
+    gate_suite_hash,
     prepare_table,
-    suite_hash,
     suite_name,
 )
 from visionloop.stages.base import Workspace
@@ -77,6 +82,7 @@ class ExpectationOutcome:
     exception: str | None = None
     details: dict[str, Any] | None = None  # GX's result details (e.g. missing columns)
     why: str = ""
+    table: str | None = None  # the companion table it checks (None: the gate's own table)
 
     def describe(self) -> str:
         """One line naming the expectation and how much of the table failed it."""
@@ -115,6 +121,9 @@ class GateResult:
     docs_index: str | None = None  # the Data Docs site's index.html
     run_time: str = ""
     elapsed_s: float = 0.0
+    # Companion tables validated with the gate (suites.GATE_COMPANIONS): table -> suite_name,
+    # row_count, docs_path (e.g. "qa": the label-QA findings of the import_annotations gate).
+    companions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[ExpectationOutcome]:
@@ -142,6 +151,9 @@ class GateResult:
         if stable:
             for key in VOLATILE_FIELDS:
                 data.pop(key, None)
+            for info in data.get("companions", {}).values():
+                for key in VOLATILE_FIELDS:
+                    info.pop(key, None)
         return data
 
     def to_json(self) -> str:
@@ -170,6 +182,11 @@ def failure_message(results: list[GateResult]) -> str:
         lines += [f"  - {e.describe()}" for e in r.errors]
         docs = r.docs_path or r.docs_index or "disabled (validate.data_docs is false)"
         lines.append(f"  Data Docs: {docs}")
+        for table, info in sorted(r.companions.items()):
+            if any(e.table == table for e in r.errors) and info.get("docs_path"):
+                lines.append(f"  Data Docs ({table} table): {info['docs_path']}")
+            if table == "qa" and any(e.table == table for e in r.errors):
+                lines.append("  Every QA finding: `visionloop labels qa` or qa_findings.parquet")
     return "\n".join(lines) if lines else "no gate failed"
 
 
@@ -219,14 +236,28 @@ def table_sha256(uri: str) -> str:
     return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
 
 
-def evaluate_gate(gate: str, ws: Workspace, params: Params, context_root: str = ".") -> GateResult:
-    """Validate the table of ``gate`` (read from the workspace); writes no gate.json."""
+def evaluate_gate(
+    gate: str,
+    ws: Workspace,
+    params: Params,
+    context_root: str = ".",
+    companions: Mapping[str, pd.DataFrame] | None = None,
+) -> GateResult:
+    """Validate the table of ``gate`` (read from the workspace); writes no gate.json.
+
+    Companion tables (``suites.GATE_COMPANIONS``) not passed in are built from the workspace
+    (for import_annotations: label QA against categories.json and the curate manifest).
+    """
     uri = gate_table_uri(ws, gate)
     if not storage.exists(uri):
         raise FileNotFoundError(f"gate {gate!r}: {uri} does not exist; run the stage first")
     data = storage.read_bytes(uri)
     df = pq.read_table(io.BytesIO(data)).to_pandas()
-    result = check_table(gate, df, params, context_root=context_root)
+    given = dict(companions or {})
+    if any(t not in given for t in GATE_COMPANIONS.get(gate, ())):
+        built = companion_tables(gate, df, params, ws)
+        given = {**built, **given}
+    result = check_table(gate, df, params, context_root=context_root, companions=given)
     result.table_uri = uri
     result.table_sha256 = hashlib.sha256(data).hexdigest()
     level = logging.INFO if result.success else logging.ERROR
@@ -261,28 +292,60 @@ def run_gate(
     return result
 
 
-def check_table(gate: str, df: pd.DataFrame, params: Params, context_root: str = ".") -> GateResult:
-    """Run the suite of ``gate`` on an in-memory table (what ``run_gate`` does after loading)."""
+def check_table(
+    gate: str,
+    df: pd.DataFrame,
+    params: Params,
+    context_root: str = ".",
+    companions: Mapping[str, pd.DataFrame] | None = None,
+) -> GateResult:
+    """Run the suite of ``gate`` on an in-memory table (what ``run_gate`` does after loading).
+
+    The gate's companion tables are validated too, each with its own suite; those not given
+    are built from ``df`` alone (``suites.companion_tables``). Their outcomes join the gate's
+    result (marked with their ``table``), and the gate's version covers all of them.
+    """
     started = time.perf_counter()
     checks = gate_checks(gate, params)
-    version = suite_hash(checks)
+    extra_checks = companion_checks(gate, params)
+    version = gate_suite_hash(gate, params)
     table = prepare_table(gate, df)
+    tables = dict(companions or {})
+    if any(t not in tables for t in extra_checks):
+        tables = {**companion_tables(gate, df, params), **tables}
+    keep = params.validate_.keep_validations - 1
+    docs = params.validate_.data_docs
     with _LOCK:
         ctx = _context(context_root)
-        checkpoint = _checkpoint(ctx, gate, params)
-        _prune_history(ctx, suite_name(gate), keep=params.validate_.keep_validations - 1)
+        extra_runs = {}
+        for name in extra_checks:
+            asset = companion_asset(gate, name)
+            cp = _checkpoint(ctx, asset, build_suite(gate, params, table=name), params, docs=docs)
+            _prune_history(ctx, suite_name(asset), keep=keep)
+            run = cp.run(batch_parameters={"dataframe": tables[name]})
+            extra_runs[name] = next(iter(run.run_results.items()))
+        checkpoint = _checkpoint(ctx, gate, build_suite(gate, params), params, docs=docs)
+        _prune_history(ctx, suite_name(gate), keep=keep)
         gx_result = checkpoint.run(batch_parameters={"dataframe": table})
         (vr_id, vr), *_ = gx_result.run_results.items()
         docs_index = docs_page = None
-        if params.validate_.data_docs:
+        extra_docs: dict[str, str | None] = {name: None for name in extra_runs}
+        if docs:
             docs_index = _docs_path(ctx, None)
             docs_page = _docs_path(ctx, vr_id)
-    outcomes = [_outcome(r) for r in vr.results]
-    by_key = {o.key: o for o in outcomes}
-    missing = [c.key for c in checks if c.key not in by_key]
-    if missing:  # the stored suite does not match the params: never silently pass
-        raise RuntimeError(f"gate {gate!r}: suite results lack checks {missing}")
-    outcomes = [by_key[c.key] for c in checks]
+            extra_docs = {name: _docs_path(ctx, rid) for name, (rid, _) in extra_runs.items()}
+    outcomes = _ordered(gate, checks, [_outcome(r) for r in vr.results])
+    info: dict[str, dict[str, Any]] = {}
+    for name, (_rid, evr) in extra_runs.items():
+        part = _ordered(gate, extra_checks[name], [_outcome(r) for r in evr.results])
+        for o in part:
+            o.table = name
+        outcomes += part
+        info[name] = {
+            "suite_name": suite_name(companion_asset(gate, name)),
+            "row_count": len(tables[name]),
+            "docs_path": extra_docs[name],
+        }
     return GateResult(
         gate=gate,
         suite_name=suite_name(gate),
@@ -296,7 +359,18 @@ def check_table(gate: str, df: pd.DataFrame, params: Params, context_root: str =
         docs_index=docs_index,
         run_time=datetime.now(UTC).isoformat(timespec="seconds"),
         elapsed_s=round(time.perf_counter() - started, 3),
+        companions=info,
     )
+
+
+def _ordered(gate: str, checks: list[Any], outcomes: list[ExpectationOutcome]) -> list[Any]:
+    """Outcomes in suite order; a check without a result means the stored suite does not match
+    the params, which must never pass silently."""
+    by_key = {o.key: o for o in outcomes}
+    missing = [c.key for c in checks if c.key not in by_key]
+    if missing:
+        raise RuntimeError(f"gate {gate!r}: suite results lack checks {missing}")
+    return [by_key[c.key] for c in checks]
 
 
 # --- the GX context -------------------------------------------------------------------------
@@ -327,27 +401,27 @@ def _context(context_root: str) -> Any:
     return ctx
 
 
-def _batch_definition(ctx: Any, gate: str) -> Any:
-    """Get-or-create the pandas datasource, the gate's dataframe asset and its batch definition."""
+def _batch_definition(ctx: Any, asset_name: str) -> Any:
+    """Get-or-create the pandas datasource, a dataframe asset (a gate's, or a companion table's)
+    and its batch definition."""
     try:
         ds = ctx.data_sources.get(DATASOURCE)
     except KeyError:
         ds = ctx.data_sources.add_pandas(DATASOURCE)
     try:
-        asset = ds.get_asset(gate)
+        asset = ds.get_asset(asset_name)
     except LookupError:
-        asset = ds.add_dataframe_asset(gate)
+        asset = ds.add_dataframe_asset(asset_name)
     try:
         return asset.get_batch_definition(BATCH_DEFINITION)
     except KeyError:
         return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
 
 
-def _suite(ctx: Any, gate: str, params: Params) -> Any:
-    """The stored suite of ``gate``, rewritten only when its content changed."""
+def _suite(ctx: Any, want: Any) -> Any:
+    """The stored suite named like ``want``, rewritten only when its content changed."""
     from great_expectations.exceptions import DataContextError
 
-    want = build_suite(gate, params)
     try:
         stored = ctx.suites.get(want.name)
     except DataContextError:
@@ -366,14 +440,15 @@ def _suite(ctx: Any, gate: str, params: Params) -> Any:
     return ctx.suites.get(want.name)
 
 
-def _checkpoint(ctx: Any, gate: str, params: Params) -> Any:
-    """Get-or-create the validation definition and checkpoint of ``gate`` (updated on change)."""
+def _checkpoint(ctx: Any, asset: str, want: Any, params: Params, docs: bool) -> Any:
+    """Get-or-create the validation definition and checkpoint of ``asset`` (a gate, or a
+    companion table ``<gate>_<table>``) for the suite ``want`` (updated on change)."""
     import great_expectations as gx
     from great_expectations.exceptions import DataContextError
 
-    batch_definition = _batch_definition(ctx, gate)
-    suite = _suite(ctx, gate, params)
-    name = suite_name(gate)
+    batch_definition = _batch_definition(ctx, asset)
+    suite = _suite(ctx, want)
+    name = suite_name(asset)
     try:
         vd = ctx.validation_definitions.get(name)
     except DataContextError:
@@ -384,7 +459,7 @@ def _checkpoint(ctx: Any, gate: str, params: Params) -> Any:
         )
     actions = (
         [gx.checkpoint.UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])]
-        if params.validate_.data_docs
+        if docs
         else []
     )
     want = gx.Checkpoint(

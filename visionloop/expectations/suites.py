@@ -12,6 +12,15 @@ they round-trip unchanged into the stored suite JSON.
 
 Fractions and counts are GX expectations (``mostly=...``, ``expect_table_row_count_...``) rather
 than numbers computed in pandas, so that Data Docs show the observed figures.
+
+A gate may also validate *companion* tables derived from its own (``GATE_COMPANIONS``), each with
+its own GX suite and asset named ``<gate>_<table>``: the ``import_annotations`` gate validates
+the label-QA findings (``visionloop/qa``) with one error-level expectation per QA check whose
+configured severity is ``error`` (so Data Docs and the gate's result name the failing check),
+skipping the QA checks the annotation suite already expresses with the same tolerance
+(``qa.checks.GX_COVERED``: one bad box fails one expectation). QA warnings and infos are
+reported by the QA outputs, not as GX expectations. The gate's version (``gate_suite_hash``)
+covers its own checks and its companions'.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ PHASH_HEX = r"^[0-9a-f]{16}$"
 # Value ranges that are definitions of the metrics (see COLUMNS.md), not tunable thresholds.
 UNIT_RANGE = (0.0, 1.0)
 ENTROPY_RANGE = (0.0, 8.0)  # bits of an 8-bit histogram
+LEVEL_RANGE = (0.0, 255.0)  # a difference of 8-bit levels
 
 _NAMESPACE = uuid.UUID("6f1c3a52-8d3e-4b8e-9a57-2f0c6f6b7a10")  # for stable GX ids
 
@@ -113,6 +123,17 @@ QUARANTINED = _eq("status", Status.QUARANTINED.value)
 
 def suite_name(gate: str) -> str:
     return f"visionloop_{gate}"
+
+
+# Companion tables a gate validates besides its own, each with its own suite and GX asset
+# ``<gate>_<table>`` (see the module docstring).
+QA_TABLE = "qa"
+GATE_COMPANIONS: dict[str, tuple[str, ...]] = {"import_annotations": (QA_TABLE,)}
+
+
+def companion_asset(gate: str, table: str) -> str:
+    """The GX asset (and, with ``suite_name``, suite/checkpoint name) of a companion table."""
+    return f"{gate}_{table}"
 
 
 def _manifest_checks(gate: str, params: Params) -> list[Check]:
@@ -305,11 +326,15 @@ def _anonymize_checks(params: Params) -> list[Check]:
 
 
 def _curate_checks(params: Params) -> list[Check]:
+    c = params.curate
     checks = []
     for col, (lo, hi) in (
         ("curate_blur_score", UNIT_RANGE),
         ("curate_brightness", UNIT_RANGE),
         ("curate_entropy", ENTROPY_RANGE),
+        ("curate_clip_low", UNIT_RANGE),
+        ("curate_clip_high", UNIT_RANGE),
+        ("curate_channel_spread", LEVEL_RANGE),
     ):
         checks.append(
             Check(
@@ -328,7 +353,22 @@ def _curate_checks(params: Params) -> list[Check]:
                 why=f"{col} is defined on [{lo:g}, {hi:g}]",
             )
         )
-    for flag in ("blurry", "dark", "overexposed", "low_information"):
+    checks += [
+        Check(
+            "curate_color_cast_range",
+            "expect_column_values_to_be_between",
+            {"column": "curate_color_cast", "min_value": 0.0},
+            why="a colour cast (mean chroma / chroma spread) is not negative",
+        ),
+        Check(
+            "curate_aspect_ratio_range",
+            "expect_column_values_to_be_between",
+            {"column": "curate_aspect_ratio", "min_value": 1.0},
+            why="the aspect ratio is the longer side over the shorter one",
+        ),
+    ]
+    # Flags that quarantine (params.curate.quarantine) should not remain on accepted rows.
+    for flag in c.quarantine:
         checks.append(
             Check(
                 f"accepted_not_{flag}",
@@ -356,6 +396,33 @@ def _curate_checks(params: Params) -> list[Check]:
             "expect_column_values_to_be_in_set",
             {"column": "curate_day_night", "value_set": ["day", "night"]},
             why="the day/night slice is day or night",
+        ),
+        # Coverage: every accepted image sits in a joint cell of params.curate.coverage that
+        # holds at least coverage_min_count images and at most coverage_max_share of them.
+        # (Cells with no image at all are listed in data/curate/gaps.parquet.)
+        Check(
+            "coverage_min_count",
+            "expect_column_values_to_be_between",
+            {
+                "column": "curate_cell_count",
+                "min_value": c.coverage_min_count,
+                "row_condition": ACCEPTED,
+            },
+            severity=c.coverage_severity,
+            why="accepted images in coverage cells with fewer than curate.coverage_min_count "
+            "images (gaps: data/curate/gaps.parquet)",
+        ),
+        Check(
+            "coverage_max_share",
+            "expect_column_values_to_be_between",
+            {
+                "column": "curate_cell_share",
+                "max_value": c.coverage_max_share,
+                "row_condition": ACCEPTED,
+            },
+            severity=c.coverage_severity,
+            why="accepted images in coverage cells holding more than "
+            "curate.coverage_max_share of the dataset",
         ),
     ]
     return checks
@@ -496,6 +563,33 @@ def _refresh_checks(params: Params) -> list[Check]:
             severity="warning",
             why="share of drifted features above refresh.dataset_drift_share: the data drifted",
         ),
+        Check(
+            "statistic_non_negative",
+            "expect_column_values_to_be_between",
+            {"column": "statistic", "min_value": 0.0},
+            why="every drift statistic is a distance or an effect size (>= 0)",
+        ),
+        # The verdicts of visionloop/refresh/drift.py's dataset and image-level rows: the
+        # refresh snapshot's gate (severity refresh.drift_severity: warning reports, error
+        # blocks the snapshot until someone looks).
+        Check(
+            "dataset_not_drifted",
+            "expect_column_values_to_not_be_in_set",
+            {"column": "drifted", "value_set": [True], "row_condition": _eq("feature", "dataset")},
+            severity=r.drift_severity,
+            why="the incoming items drifted as a whole (refresh.dataset_drift_share of features)",
+        ),
+        Check(
+            "embedding_not_drifted",
+            "expect_column_values_to_not_be_in_set",
+            {
+                "column": "drifted",
+                "value_set": [True],
+                "row_condition": _eq("feature", "embedding"),
+            },
+            severity=r.drift_severity,
+            why="the incoming images differ from the reference (MMD on the image embedding)",
+        ),
     ]
 
 
@@ -508,8 +602,73 @@ _BUILDERS = {
 }
 
 
+def _qa_checks(params: Params) -> list[Check]:
+    """The QA findings table: its contract, and no finding of an error-level check."""
+    from visionloop.qa.checks import CHECKS, FINDING_COLUMNS, GX_COVERED, SEVERITIES, error_checks
+
+    q = params.validate_.qa
+    checks = [
+        Check(
+            "qa_findings_columns",
+            "expect_table_columns_to_match_set",
+            {"column_set": list(FINDING_COLUMNS), "exact_match": False},
+            why="the label-QA findings table has every column of its contract",
+        ),
+        Check(
+            "qa_severity_in_set",
+            "expect_column_values_to_be_in_set",
+            {"column": "severity", "value_set": list(SEVERITIES)},
+            why="a QA finding is an error, a warning or an info",
+        ),
+        Check(
+            "qa_check_known",
+            "expect_column_values_to_be_in_set",
+            {"column": "check", "value_set": sorted(CHECKS)},
+            why="every QA finding comes from a catalogued check",
+        ),
+    ]
+    if not q.enabled:
+        return checks
+    for name in error_checks(q.severity):
+        if name in GX_COVERED:
+            continue
+        checks.append(
+            Check(
+                f"qa_{name}",
+                "expect_column_values_to_not_be_in_set",
+                {"column": "check", "value_set": [name]},
+                why=f"label QA (error level): {CHECKS[name].what}",
+            )
+        )
+    return checks
+
+
+_COMPANION_BUILDERS = {QA_TABLE: _qa_checks}
+
+
+def companion_checks(gate: str, params: Params) -> dict[str, list[Check]]:
+    """The checks of each companion table of ``gate`` (``{}`` for most gates)."""
+    if gate not in _BUILDERS:
+        raise KeyError(f"unknown gate {gate!r}; known: {', '.join(GATES)}")
+    return {t: _COMPANION_BUILDERS[t](params) for t in GATE_COMPANIONS.get(gate, ())}
+
+
+def companion_tables(
+    gate: str, df: pd.DataFrame, params: Params, ws: Any = None
+) -> dict[str, pd.DataFrame]:
+    """Build the companion tables of ``gate`` from its table ``df`` (``ws``, a Workspace, lets
+    QA see the curate manifest and categories.json; without it QA sees the table alone)."""
+    out: dict[str, pd.DataFrame] = {}
+    for table in GATE_COMPANIONS.get(gate, ()):
+        if table == QA_TABLE:
+            from visionloop.qa.run import qa_findings_for_gate
+
+            out[table] = qa_findings_for_gate(df, params, ws)
+    return out
+
+
 def gate_checks(gate: str, params: Params) -> list[Check]:
-    """The checks of one gate, in a fixed order (the order of the stored suite)."""
+    """The checks of one gate's own table, in a fixed order (the order of the stored suite)."""
     if gate not in _BUILDERS:
         raise KeyError(f"unknown gate {gate!r}; known: {', '.join(GATES)}")
     checks = _manifest_checks(gate, params) if GATE_TABLES[gate] == "manifest.parquet" else []
@@ -527,7 +686,11 @@ def suite_hash(checks: list[Check]) -> str:
 
 
 def gate_suite_hash(gate: str, params: Params) -> str:
-    return suite_hash(gate_checks(gate, params))
+    """The gate's version: its own checks and its companion tables' checks."""
+    checks = gate_checks(gate, params)
+    for table_checks in companion_checks(gate, params).values():
+        checks += table_checks
+    return suite_hash(checks)
 
 
 def prepare_table(gate: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -559,8 +722,9 @@ def _stable_id(*parts: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
 
 
-def build_suite(gate: str, params: Params) -> ExpectationSuite:
-    """Build the GX suite of a gate with ids derived from its content (byte-stable JSON).
+def build_suite(gate: str, params: Params, table: str | None = None) -> ExpectationSuite:
+    """Build the GX suite of a gate (or of its companion ``table``) with ids derived from its
+    content (byte-stable JSON).
 
     GX gives new suites and expectations random ids; stable ids make the stored suite file a
     pure function of the params, so rerunning with the same params leaves ``gx/expectations/``
@@ -571,14 +735,19 @@ def build_suite(gate: str, params: Params) -> ExpectationSuite:
     from great_expectations.expectations.registry import get_expectation_impl
     from great_expectations.expectations.row_conditions import deserialize_row_condition
 
-    checks = gate_checks(gate, params)
-    version = suite_hash(checks)
-    name = suite_name(gate)
-    suite = gx.ExpectationSuite(
-        name=name,
-        id=_stable_id(name, version),
-        meta={"visionloop_suite_hash": version, "visionloop_gate": gate},
-    )
+    version = gate_suite_hash(gate, params)
+    meta: dict[str, Any] = {"visionloop_suite_hash": version, "visionloop_gate": gate}
+    if table is None:
+        checks = gate_checks(gate, params)
+        name = suite_name(gate)
+    else:
+        companions = companion_checks(gate, params)
+        if table not in companions:
+            raise KeyError(f"gate {gate!r} has no companion table {table!r}")
+        checks = companions[table]
+        name = suite_name(companion_asset(gate, table))
+        meta["visionloop_table"] = table
+    suite = gx.ExpectationSuite(name=name, id=_stable_id(name, version), meta=meta)
     for check in checks:
         kwargs = dict(check.kwargs)
         if "row_condition" in kwargs:

@@ -5,8 +5,12 @@ Each file ends ``accepted`` (bytes copied, unchanged, into the content-addressed
 order: the path must not resolve outside the source root (never read otherwise), the bytes must
 be readable, the extension must be one of ``collect.extensions``, the file must not be empty,
 the content must decode fully (format from content, pixel count checked from the header first)
-and must match its extension. Byte-identical files share an item id: in ``finalize`` the first
-by sorted source URI is kept and the others are quarantined as exact duplicates.
+and must match its extension. A local name that is not valid UTF-8 cannot be stored in the
+manifest (Parquet strings are UTF-8) nor matched by any label export: it is shown
+percent-encoded and quarantined unread (``bad_file_name``). Entries that are not regular files
+(FIFO, socket, device) are never opened: reading a FIFO would block the worker forever.
+Byte-identical files share an item id: in ``finalize`` the first by sorted source URI is kept
+and the others are quarantined as exact duplicates.
 
 Reruns are incremental: a file whose source URI and stamp (size + mtime locally, ETag on S3,
 plus a fingerprint of the collect params) match the previous manifest keeps its previous row
@@ -20,6 +24,8 @@ import json
 import logging
 import os
 import posixpath
+import re
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +60,11 @@ _WORK_SCHEMA = pa.schema(
         ("rel_path", pa.string()),
         ("size_bytes", pa.int64()),
         (STAMP_COLUMN, pa.string()),
+        ("name_problem", pa.string()),  # why the name is unusable (not UTF-8), else null
     ]
 )
+# Lone surrogates: how Python spells the bytes of a local name that are not valid UTF-8.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class SourceFile:
     rel_path: str
     size: int | None
     stamp: str | None  # None: nothing trustworthy to compare, always re-inspect
+    name_problem: str | None = None  # set when the real name is not valid UTF-8
 
 
 def params_fingerprint(cfg: CollectParams) -> str:
@@ -88,8 +98,23 @@ def source_stamp(info: dict[str, Any]) -> str | None:
         return None
     stamp = f"size={size};mtime={mtime}"
     if info.get("islink"):  # the stat is the target's; a re-pointed link must not match
-        stamp += f";link={info.get('destination')}"
+        stamp += f";link={utf8_safe(str(info.get('destination')))}"
     return stamp
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` unchanged when it is valid Unicode; else (a local name holding bytes that are
+    not UTF-8, decoded by Python with surrogateescape) percent-encoded: ``%`` -> ``%25`` and
+    each undecodable byte -> ``%XX``, so the result is valid UTF-8 and
+    ``urllib.parse.unquote_to_bytes`` gives back the name's bytes."""
+    if not _SURROGATES.search(text):
+        return text
+
+    def byte(m: re.Match[str]) -> str:
+        code = ord(m.group())
+        return f"%{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"%u{code:04X}"
+
+    return _SURROGATES.sub(byte, text.replace("%", "%25"))
 
 
 def list_source(source: str) -> list[SourceFile]:
@@ -102,14 +127,31 @@ def list_source(source: str) -> list[SourceFile]:
     if not storage.exists(source):
         raise FileNotFoundError(f"collect.source {source!r} does not exist")
     files = []
-    for uri, info in storage.list_files(source):
+    listed = storage.list_files(source)
+    taken = {uri for uri, _ in listed}
+    for uri, info in listed:
         size = info.get("size")
+        rel, problem = storage.relative_to(source, uri), None
+        if _SURROGATES.search(uri):
+            # A real name may already read like the percent-encoded one: number the copy so
+            # every file keeps its own row.
+            safe, suffix, n = utf8_safe(uri), "", 1
+            while safe + suffix in taken:
+                n += 1
+                suffix = f"#{n}"
+            taken.add(safe + suffix)
+            uri, rel = safe + suffix, utf8_safe(rel) + suffix
+            problem = (
+                "file name is not valid UTF-8 (shown percent-encoded); not read: rename it to "
+                "UTF-8 to ingest it"
+            )
         files.append(
             SourceFile(
                 uri=uri,
-                rel_path=storage.relative_to(source, uri),
+                rel_path=rel,
                 size=int(size) if size is not None else None,
                 stamp=source_stamp(info),
+                name_problem=problem,
             )
         )
     return files
@@ -123,6 +165,31 @@ def escapes_root(source: str, uri: str, rel_path: str) -> bool:
     root = os.path.realpath(source)
     real = os.path.realpath(uri)
     return os.path.commonpath([root, real]) != root
+
+
+def not_regular_file(uri: str) -> str | None:
+    """Why a local entry is not a regular file (FIFO, socket, device, directory), or None.
+
+    Checked before reading because opening a FIFO blocks until a writer appears. A stat error
+    (dangling link, link loop) returns None: the read then reports it as ``unreadable``.
+    """
+    if storage.is_remote(uri):
+        return None
+    try:
+        mode = os.stat(uri).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "of an unknown type")
+    return f"{kind}, not a regular file; not read"
 
 
 def object_rel(item_id: str, extension: str) -> str:
@@ -160,14 +227,27 @@ def _reject(row: dict[str, Any], reason: Reason, detail: str) -> dict[str, Any]:
 
 
 def inspect_file(
-    ws: Workspace, cfg: CollectParams, uri: str, rel_path: str, size: int | None, stamp: str | None
+    ws: Workspace,
+    cfg: CollectParams,
+    uri: str,
+    rel_path: str,
+    size: int | None,
+    stamp: str | None,
+    name_problem: str | None = None,
 ) -> dict[str, Any]:
     """Decide one file's row; copies accepted bytes into the store. The pixel work of collect."""
     row = _blank_row(uri, rel_path, size, stamp)
     row[_WRITTEN] = False
+    if name_problem:  # ``uri`` is only the percent-encoded name: nothing to open
+        row["item_id"] = _unread_id(uri)
+        return _reject(row, Reason.BAD_FILE_NAME, name_problem)
     if escapes_root(cfg.source, uri, rel_path):
         row["item_id"] = _unread_id(uri)
         return _reject(row, Reason.PATH_ESCAPE, "resolves outside collect.source; not read")
+    special = not_regular_file(uri)
+    if special:
+        row["item_id"] = _unread_id(uri)
+        return _reject(row, Reason.UNREADABLE, special)
     try:
         data = storage.read_bytes(uri)
     except (OSError, ValueError) as err:  # fsspec maps storage errors onto OSError subclasses
@@ -245,6 +325,7 @@ class CollectStage:
                     "rel_path": f.rel_path,
                     "size_bytes": f.size,
                     STAMP_COLUMN: f"{f.stamp};params={fp}" if f.stamp else None,
+                    "name_problem": f.name_problem,
                 }
                 for f in list_source(cfg.source)
             ],
@@ -295,6 +376,7 @@ class CollectStage:
                     r.rel_path,
                     size,
                     None if pd.isna(stamp) else stamp,
+                    name_problem=None if pd.isna(r.name_problem) else r.name_problem,
                 )
             )
         storage.write_table(shard.part_uri, pa.Table.from_pylist(out, schema=_PART_SCHEMA))

@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 STAGE = "import_annotations"
 PREVIOUS = "curate"
 # Bump when the import logic changes what it writes, so unchanged inputs are re-imported once.
-IMPORT_VERSION = 1
+# 2: shape / obb / keypoints / track_id / frame / score columns; VOC, CVAT, Label Studio,
+# LabelMe, MOT and SA-1B readers.
+IMPORT_VERSION = 2
 COUNT_FIELD = pa.field("import_annotations_count", pa.int32())  # matched annotations per item
 
 
@@ -194,7 +196,8 @@ def _manifest_schema(before_uri: str, after: pd.DataFrame) -> pa.Schema | None:
 
 
 class ImportAnnotationsStage:
-    """COCO / YOLO (and later formats) -> annotations.parquet, matched to the manifest."""
+    """Every reader in ``annotations.formats.READERS`` (COCO, YOLO, Label Studio, VOC, CVAT,
+    LabelMe, MOT, SA-1B) -> annotations.parquet, matched to the manifest."""
 
     name = STAGE
 

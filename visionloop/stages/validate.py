@@ -12,10 +12,18 @@ DVC out; it never rewrites another stage's folder):
 - ``report.json``: every gate's result, overall success, the gates evaluated in this run
   (``rerun``), and which suite versions passed (``suites``: name -> short hash of the
   expectation configs + success);
-- ``summary.json``: the counts of the curate manifest (what a snapshot publishes).
+- ``summary.json``: the counts of the curate manifest (what a snapshot publishes);
+- label QA (``visionloop/qa``) of the annotations a snapshot would publish:
+  ``qa_findings.parquet`` (every finding: check, severity, items and annotations concerned,
+  reason), ``qa_agreement.parquet``, ``qa_scorecards.parquet`` and ``qa_gold.parquet``, with
+  their summary under ``qa`` in ``report.json``. The findings are the import_annotations
+  gate's companion table: error-level findings fail it; warnings are reported here, in the
+  log and in the Prefect artifacts.
 
-If any error-level expectation failed, finalize raises ``GateFailed`` after writing all three,
+If any error-level expectation failed, finalize raises ``GateFailed`` after writing all of them,
 so ``dvc repro`` and the Prefect flow stop before a snapshot while the report stays readable.
+``suite_versions_text`` formats the suite versions that passed for the snapshot's commit
+message.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from visionloop.expectations.gate import (
     table_sha256,
     write_gate_result,
 )
-from visionloop.expectations.suites import gate_suite_hash
+from visionloop.expectations.suites import QA_TABLE, gate_suite_hash
 from visionloop.stages.base import (
     Shard,
     StageSummary,
@@ -94,10 +102,28 @@ class ValidateStage:
         return write_work_list(ws, NAME, rows, shard_size=len(rows))
 
     def process(self, ws: Workspace, params: Params, shard: Shard) -> str:
-        """Evaluate the listed gates; failures are recorded, not raised (finalize decides)."""
+        """Evaluate the listed gates; failures are recorded, not raised (finalize decides).
+
+        Label QA runs here, before the import_annotations gate that validates its findings;
+        its tables wait in the work folder until finalize publishes them.
+        """
+        from visionloop.qa.run import workspace_qa, write_qa
+
         out = []
         for gate in shard.rows()["gate"]:
-            result = evaluate_gate(gate, ws, params, context_root=self.context_root)
+            companions = None
+            if gate == OWN_GATE:
+                qa = workspace_qa(ws, params)
+                write_qa(qa, ws.work_uri(NAME, QA_WORK))
+                stable = {k: v for k, v in qa.summary.items() if k != "elapsed_s"}
+                storage.write_text_atomic(
+                    ws.work_uri(NAME, QA_WORK, "summary.json"),
+                    json.dumps(stable, indent=2, sort_keys=True, default=str) + "\n",
+                )
+                companions = {QA_TABLE: qa.findings}
+            result = evaluate_gate(
+                gate, ws, params, context_root=self.context_root, companions=companions
+            )
             full = json.dumps(result.to_dict(stable=False), default=str)  # keeps the docs path
             out.append({"gate": gate, "success": result.success, "result": full})
         frame = pd.DataFrame(out, columns=["gate", "success", "result"])
@@ -122,8 +148,10 @@ class ValidateStage:
                 raise FileNotFoundError(f"validate: gate.json of {gate!r} disappeared")
             results[gate] = result
         rerun = [g for g in REPORT_GATES if g in evaluated]
+        qa_summary, qa_uris = _publish_qa(ws)
         write_gate_result(ws, NAME, results[OWN_GATE])
         report = build_report(results, rerun)
+        report["qa"] = {**qa_summary, "outputs": qa_uris}
         report_uri = ws.uri(NAME, "report.json")
         storage.write_text_atomic(report_uri, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
@@ -137,6 +165,12 @@ class ValidateStage:
             outputs=[report_uri, ws.uri(NAME, "gate.json")],
             details={
                 "success": report["success"],
+                "qa": {
+                    "annotations": qa_summary.get("annotations"),
+                    "findings": qa_summary.get("findings"),
+                    "by_severity": qa_summary.get("by_severity"),
+                    "outputs": qa_uris,
+                },
                 "gates": {
                     g: {
                         "success": r.success,
@@ -161,7 +195,62 @@ class ValidateStage:
                     gate,
                     "; ".join(w.describe() for w in r.warnings),
                 )
+        warned = {
+            c: n["warning"]
+            for c, n in (qa_summary.get("by_check") or {}).items()
+            if n.get("warning")
+        }
+        if warned:
+            log.warning(
+                "validate: label QA warnings (not blocking): %s; see %s",
+                ", ".join(f"{c}={n}" for c, n in sorted(warned.items())),
+                qa_uris["findings"],
+            )
         return summary
+
+
+QA_WORK = "qa"  # work sub-folder holding the QA tables between process and finalize
+
+
+def _publish_qa(ws: Workspace) -> tuple[dict[str, Any], dict[str, str]]:
+    """Move the QA tables from the work folder to ``<data>/validate/``; (summary, uris)."""
+    from visionloop.qa.run import FINDINGS_FILE, TABLE_FILES
+
+    summary_uri = ws.work_uri(NAME, QA_WORK, "summary.json")
+    if not storage.exists(summary_uri):
+        raise FileNotFoundError(f"validate: the label-QA outputs are missing ({summary_uri})")
+    summary = json.loads(storage.read_text(summary_uri))
+    uris: dict[str, str] = {}
+    for name, file in {"findings": FINDINGS_FILE, **TABLE_FILES}.items():
+        uris[name] = ws.uri(NAME, file)
+        data = storage.read_bytes(ws.work_uri(NAME, QA_WORK, file))
+        storage.write_bytes_atomic(uris[name], data)
+    return summary, uris
+
+
+def suite_versions(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """suite name -> {gate, hash, success} of a validate ``report.json`` document."""
+    return dict(sorted((report.get("suites") or {}).items()))
+
+
+def suite_versions_text(ws: Workspace) -> str:
+    """Lines for a snapshot's commit message: the suite versions validate checked, whether
+    each passed, and the label-QA tally (empty when validate has not run)."""
+    uri = ws.uri(NAME, "report.json")
+    if not storage.exists(uri):
+        return ""
+    report = json.loads(storage.read_text(uri))
+    lines = ["Great Expectations suites (name@version):"]
+    for name, s in suite_versions(report).items():
+        lines.append(f"  {name}@{s['hash']}: {'passed' if s['success'] else 'FAILED'}")
+    qa = report.get("qa") or {}
+    sev = qa.get("by_severity")
+    if sev:
+        lines.append(
+            f"Label QA: {sev.get('error', 0)} error(s), {sev.get('warning', 0)} warning(s), "
+            f"{sev.get('info', 0)} info on {qa.get('annotations', 0)} annotation(s)"
+        )
+    return "\n".join(lines)
 
 
 def build_report(results: dict[str, GateResult], rerun: list[str]) -> dict[str, Any]:

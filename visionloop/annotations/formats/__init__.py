@@ -1,12 +1,16 @@
 """Annotation formats: one module per format behind one reader interface, keyed by name.
 
-Each format module (``coco.py``, ``yolo.py``; later VOC, CVAT, Label Studio, LabelMe, MOT)
-provides ``load_<fmt>(path, *, images, limits) -> ImportResult``, pure ``<fmt>_to_annotations``
-converters, and a reader class with ``name``, ``sniff(path)`` and ``load(...)``.
+Readers (``READERS``): coco, yolo, label_studio, voc, cvat (images and video 1.1), labelme,
+mot, sam (SA-1B). Each format module provides ``load_<fmt>(path, *, images, limits) ->
+ImportResult``, pure ``<fmt>_to_annotations`` converters where the format allows, and a
+reader class with ``name``, ``sniff(path)`` and ``load(...)``. Writers for coco, yolo,
+label_studio and cvat are ``save_<fmt>`` in the same modules, dispatched by
+``annotations.export`` (``WRITERS``) with a loss report.
 
 The registry maps names to dotted class paths, so importing it does not import any format (nor
 numpy/ijson/yaml with them) until a reader is asked for. ``READERS`` is a read-only view; add a
-format with ``register_reader``.
+format with ``register_reader``. ``detect_format`` asks every reader's ``sniff`` and refuses
+to guess when none or several fit.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ class FormatDetectionError(AnnotationImportError):
 _READERS: dict[str, str] = {
     "coco": "visionloop.annotations.formats.coco:CocoReader",
     "yolo": "visionloop.annotations.formats.yolo:YoloReader",
+    "label_studio": "visionloop.annotations.formats.label_studio:LabelStudioReader",
+    "voc": "visionloop.annotations.formats.voc:VocReader",
+    "cvat": "visionloop.annotations.formats.cvat:CvatReader",
+    "labelme": "visionloop.annotations.formats.labelme:LabelmeReader",
+    "mot": "visionloop.annotations.formats.mot:MotReader",
+    "sam": "visionloop.annotations.formats.sam:SamReader",
 }
 READERS = MappingProxyType(_READERS)
 

@@ -37,7 +37,11 @@ import yaml
 
 from visionloop import storage
 from visionloop.annotations.table import (
+    BOX,
     DEFAULT_LIMITS,
+    KEYPOINTS,
+    OBB,
+    POLYGON,
     AnnotationImportError,
     AnnotationRecord,
     CategoryMap,
@@ -48,9 +52,13 @@ from visionloop.annotations.table import (
     Limits,
     TableBuilder,
     check_box,
+    check_points,
     check_polygons,
     dumps,
     images_frame,
+    keypoints_json,
+    obb_from_corners,
+    obb_json,
     polygons_json,
 )
 
@@ -159,6 +167,9 @@ def _convert_label_text(
             continue
         attrs: dict[str, Any] = {}
         segmentation: str | None = None
+        keypoints: str | None = None
+        obb: str | None = None
+        shape = BOX
         n = len(vals)
         if ctx.kpt_shape:
             k, dims = ctx.kpt_shape[0], ctx.kpt_shape[1] if len(ctx.kpt_shape) > 1 else 2
@@ -170,10 +181,18 @@ def _convert_label_text(
                 )
                 continue
             kp = vals[4:]
-            attrs["keypoints"] = [
-                [round(kp[i] * width, 4), round(kp[i + 1] * height, 4), *kp[i + 2 : i + dims]]
-                for i in range(0, len(kp), dims)
-            ]
+            pts = []
+            for i in range(0, len(kp), dims):
+                x, y = round(kp[i] * width, 4), round(kp[i + 1] * height, 4)
+                # 2-d keypoints: (0, 0) is Ultralytics' "not labelled"
+                v = int(kp[i + 2]) if dims > 2 else (0 if kp[i] == kp[i + 1] == 0 else 2)
+                pts.append([x, y, v])
+            kcheck = check_points(pts, width, height, ctx.limits)
+            if kcheck.error:
+                error("invalid_geometry", ptr, f"keypoints: {kcheck.error}")
+                continue
+            keypoints = keypoints_json(pts)
+            shape = KEYPOINTS
             n = 4
         if n == 4:
             cx, cy, w, h = vals[:4]
@@ -192,8 +211,10 @@ def _convert_label_text(
             if check.box is not None:
                 pts = [round(v, 4) for v in pts]
                 segmentation = polygons_json([pts])
+                shape = POLYGON
                 if n == 8 and _is_rectangle(pts):
-                    attrs["yolo_shape"] = "obb"
+                    shape = OBB
+                    obb = obb_json(*obb_from_corners(pts))
         else:
             error(
                 "invalid_line",
@@ -228,6 +249,9 @@ def _convert_label_text(
                 image_height=height,
                 attributes=dumps(attrs) if attrs else None,
                 subset=subset,
+                shape=shape,
+                obb=obb,
+                keypoints=keypoints,
             )
         )
 
@@ -636,6 +660,22 @@ def load_yolo(
                 )
             )
 
+    escaped = sorted(n for n in listed if not inside(n))
+    if escaped:  # never read (nor name in the table) a file outside the dataset root
+        for n in escaped:
+            del listed[n]
+        issues.append(
+            ImportIssue(
+                "warning",
+                "path_escape",
+                display(layout.names_file),
+                "",
+                f"{len(escaped)} listed image(s) lie outside the dataset root {layout.root} "
+                f"(e.g. {escaped[0]}): not read; their labels are looked up in the export and "
+                "the manifest instead",
+            )
+        )
+
     # 2. Label files.
     labels_dir = _norm(storage.join(layout.root, "labels"))
     names_norm = _norm(layout.names_file)
@@ -683,7 +723,7 @@ def load_yolo(
             continue
         stem_path = _stem(storage.relative_to(label_base, label))
         parts = stem_path.split("/")
-        subset = parts[0] if len(parts) > 1 else None
+        subset = _label_subset(layout, stem_path)
         local = [
             f
             for f in dataset_images.get(parts[-1], [])
@@ -744,6 +784,26 @@ def load_yolo(
         _convert_label_text(ctx, text, src, found.ref, w, h, found.subset)
     log.info("yolo: %s -> %d annotation(s), %d issue(s)", path, builder.count, len(issues))
     return ImportResult(FORMAT, path, builder.build(), cmap, images_frame(image_records), issues)
+
+
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
+
+
+def _label_subset(layout: YoloLayout, stem_path: str) -> str | None:
+    """The split of a label file whose image is not in the export: the split whose entry
+    ``images/<dir>`` corresponds to ``labels/<dir>`` (Ultralytics' rule), else its first folder
+    when that is a split name ("train", "val", ...); a folder like ``cam_b`` is no subset."""
+    for split, entries in layout.splits.items():
+        for entry in entries:
+            e = entry.strip().replace("\\", "/")
+            while e.startswith("./"):
+                e = e[2:]
+            if e.startswith("images/") and not _is_image(e) and not e.endswith(".txt"):
+                prefix = e[len("images/") :].rstrip("/")
+                if prefix and stem_path.startswith(prefix + "/"):
+                    return split
+    first = stem_path.split("/")[0] if "/" in stem_path else None
+    return first if first is not None and first.casefold() in SPLIT_NAMES else None
 
 
 def _size_of(found: _Found, issues: list[ImportIssue], src: str) -> tuple[int | None, int | None]:
@@ -822,3 +882,176 @@ class YoloReader:
         self, path: str, *, images: KnownImages | None = None, limits: Limits = DEFAULT_LIMITS
     ) -> ImportResult:
         return load_yolo(path, images=images, limits=limits)
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+
+
+def _largest_ring(rings: list[list[float]]) -> list[float]:
+    from visionloop.annotations.export import polygon_area
+
+    return max(rings, key=lambda r: polygon_area(r) if len(r) >= 6 else -1.0)
+
+
+def _mask_outline(rle: Mapping[str, Any]) -> list[float] | None:
+    """The outer contour of a mask's largest component, as a polygon (cv2)."""
+    import cv2
+    import numpy as np
+
+    from visionloop.annotations.formats.coco import rle_to_mask
+
+    mask = rle_to_mask(rle).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    c = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float)
+    if len(c) < 3:
+        return None
+    return [float(v) for v in c.reshape(-1)]
+
+
+def save_yolo(df: Any, categories: CategoryMap, out: str) -> Any:
+    """Write the table as an Ultralytics YOLO label set in the folder ``out``: ``data.yaml``
+    (names by canonical id, ``kpt_shape`` for pose) and ``labels/[<subset>/]<image>.txt``
+    (the image reference's path without ``images/`` and extension). Images are not copied;
+    reading the set back needs their sizes (the images, or the manifest).
+
+    One line per row: ``class cx cy w h`` (box), ``class x1 y1 ...`` (polygon: its largest
+    ring; a mask's outline; an ellipse's outline), 4 corners (oriented box), or box + keypoints
+    when any row is a pose. Rows without an image size cannot be normalised and are not written;
+    point sets, polylines and tags have no YOLO line. Subsets other than split names
+    (train, val, test...), attributes, annotator, score, track id, frame and iscrowd are lost.
+    """
+    from visionloop.annotations.export import (
+        LossReport,
+        json_value,
+        label_path,
+        note_columns,
+        value,
+    )
+    from visionloop.annotations.table import (
+        ELLIPSE,
+        MASK,
+        POINTS,
+        POLYLINE,
+        TAG,
+        obb_corners,
+        shape_of,
+    )
+
+    report = LossReport("yolo", rows=len(df))
+    kpt_rows = [
+        json_value(r, "keypoints")
+        for r in df.itertuples(index=False)
+        if value(r, "shape") == KEYPOINTS
+    ]
+    k = max((len(p) for p in kpt_rows if p), default=0)
+    files: dict[str, list[str]] = {}
+    owner: dict[str, tuple[str, int, int]] = {}  # label file -> (image_ref, w, h)
+    for row in df.itertuples(index=False):
+        rid = row.annotation_id
+        shape = shape_of(value(row, "shape"), value(row, "segmentation"))
+        if shape in (POINTS, POLYLINE, TAG):
+            report.skip(rid, f"shape_{shape}", f"YOLO has no line for a {shape}")
+            continue
+        if k and shape != KEYPOINTS:
+            why = f"a pose set (kpt_shape [{k}, 3]) has no line for a {shape}"
+            report.skip(rid, "not_a_pose", why)
+            continue
+        w, h = value(row, "image_width"), value(row, "image_height")
+        if not w or not h:
+            report.skip(rid, "unknown_image_size", "YOLO coordinates are normalised by the size")
+            continue
+        try:
+            rel = label_path(row.image_ref)
+        except AnnotationImportError as e:
+            report.skip(rid, "path_escape", str(e))
+            continue
+        parts = rel.split("/")
+        if parts[0] == "images" and len(parts) > 1:
+            parts = parts[1:]
+        subset = value(row, "subset")
+        if subset and subset.casefold() in SPLIT_NAMES:
+            if parts[0] != subset:
+                parts = [subset, *parts]
+        elif subset:
+            report.lose(rid, "subset", f"YOLO reads only split names as subsets, not {subset!r}")
+        elif len(parts) > 1 and parts[0].casefold() in SPLIT_NAMES:
+            report.lose(rid, "subset", f"no subset, but YOLO reads the folder {parts[0]!r} as one")
+        label = "labels/" + "/".join(parts) + ".txt"
+        first = owner.setdefault(label, (row.image_ref, int(w), int(h)))
+        if first[0] != row.image_ref:
+            report.skip(
+                rid,
+                "label_file_collision",
+                f"{row.image_ref} and {first[0]} would share {label}",
+            )
+            continue
+        if first[1:] != (int(w), int(h)):
+            report.skip(
+                rid,
+                "image_size_conflict",
+                f"{row.image_ref} has rows for {first[1]}x{first[2]} and {int(w)}x{int(h)} "
+                "images: one label file cannot be normalised by both",
+            )
+            continue
+
+        def norm(vals: list[float], w: float = float(w), h: float = float(h)) -> str:
+            return " ".join(repr(v / (w if i % 2 == 0 else h)) for i, v in enumerate(vals))
+
+        box = [value(row, c) for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]
+        seg = json_value(row, "segmentation")
+        cls = int(row.category_id)
+        if shape == KEYPOINTS:
+            kps = json_value(row, "keypoints") or []
+            if None in box or len(kps) != k:
+                why = f"a YOLO pose line needs a box and {k} keypoints"
+                report.skip(rid, "invalid_pose", why)
+                continue
+            x, y, bw, bh = (float(v) for v in box)
+            kp = " ".join(
+                f"{p[0] / w!r} {p[1] / h!r} {int(p[2])}" if p[2] else "0.0 0.0 0" for p in kps
+            )
+            line = f"{cls} {norm([x + bw / 2, y + bh / 2, bw, bh])} {kp}"
+        elif shape == OBB:
+            as_written = isinstance(seg, list) and len(seg) == 1 and len(seg[0]) == 8
+            corners = seg[0] if as_written else obb_corners(*json_value(row, "obb"))
+            line = f"{cls} {norm(corners)}"
+        elif shape in (POLYGON, ELLIPSE) and isinstance(seg, list):
+            ring = seg[0] if len(seg) == 1 else _largest_ring(seg)
+            if len(seg) > 1:
+                report.lose(rid, "polygon_rings", "YOLO-seg has one ring per line: largest kept")
+            if shape == ELLIPSE:
+                report.lose(rid, "shape_ellipse", "written as its 32-point polygon outline")
+            line = f"{cls} {norm(ring)}"
+        elif shape == MASK and isinstance(seg, dict):
+            ring = _mask_outline(seg)
+            if ring is None:
+                report.skip(rid, "empty_mask", "mask has no outline")
+                continue
+            report.lose(rid, "shape_mask", "YOLO-seg has no masks: written as the outline")
+            line = f"{cls} {norm(ring)}"
+        else:
+            if None in box:
+                report.skip(rid, "no_geometry", "row has no box")
+                continue
+            x, y, bw, bh = (float(v) for v in box)
+            line = f"{cls} {norm([x + bw / 2, y + bh / 2, bw, bh])}"
+        note_columns(report, row, ("attributes", "annotator", "score", "track_id", "frame"), "YOLO")
+        if value(row, "iscrowd"):
+            report.lose(rid, "iscrowd", "YOLO has no crowd flag")
+        files.setdefault(label, []).append(line)
+        report.written += 1
+    names = {categories.id_of(n): n for n in categories.names()}
+    doc: dict[str, Any] = {"path": ".", "nc": len(names), "names": names}
+    if k:
+        doc["kpt_shape"] = [k, 3]
+    yaml_uri = storage.join(out, "data.yaml")
+    storage.write_text_atomic(yaml_uri, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    report.files.append(yaml_uri)
+    for label, lines in sorted(files.items()):
+        uri = storage.join(out, *label.split("/"))
+        storage.write_text_atomic(uri, "\n".join(lines) + "\n")
+    report.notes.append(f"{len(files)} label file(s) under {storage.join(out, 'labels')}")
+    return report
