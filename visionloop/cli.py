@@ -66,6 +66,9 @@ def _setup_logging(verbose: bool) -> None:
     # Every Prefect API call is an INFO line from httpx: keep them for --verbose only.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # botocore/s3fs DEBUG lines carry signed request headers (the access key id): never shown.
+    for signer in ("botocore", "aiobotocore", "s3fs", "urllib3"):
+        logging.getLogger(signer).setLevel(logging.INFO)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

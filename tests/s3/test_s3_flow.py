@@ -71,7 +71,8 @@ def test_flow_with_source_and_outputs_on_s3(
     project = make_project(tmp_path / "repo")
     data_dir = f"s3://{bucket}/data"
     _params(project, f"s3://{bucket}/source", data_dir)
-    caplog.set_level("DEBUG")
+    caplog.set_level("INFO")  # what a run logs (botocore's DEBUG prints signed headers)
+    caplog.set_level("DEBUG", logger="visionloop")
     result = _run_flow(project)
 
     assert result["snapshot"] == "dataset-v1"

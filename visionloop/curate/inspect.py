@@ -160,9 +160,11 @@ def measure_file(uri: str, work_max_side: int) -> dict[str, Any]:
         return rec
     rec["sha256"] = hashlib.sha256(data).hexdigest()
     w, h = _header_size(data)
+    import cv2
+
     try:
         image, factor = metrics.decode_for_metrics(data, w, h, work_max_side=work_max_side)
-    except ValueError as exc:
+    except (ValueError, cv2.error) as exc:
         rec["error"] = f"corrupt: {exc}"
         return rec
     rec.update(metrics.compute_metrics(image, work_max_side, "bgr"))
