@@ -7,13 +7,16 @@ from typing import Any
 
 from prefect import unmapped
 
-from tasks.gate import gate_task
+from tasks.curate_artifacts import publish_curate_artifacts_task
+from tasks.gate import gate_task, publish_validation_task
 from tasks.stage import finalize_stage, plan_stage, process_shard
 from tasks.versioning import dvc_commit
 from visionloop.config import Params, load_params
+from visionloop.expectations.gate import GateFailed
 from visionloop.pipeline import GATE_AFTER
 from visionloop.schema import STAGES
-from visionloop.stages.base import StageSummary
+from visionloop.stages.base import StageSummary, Workspace
+from visionloop.stages.validate import suite_versions_text
 
 # Overrides a flow run may pass: how to run, never what to compute (dvc.lock records
 # params.yaml, so a threshold changed only for one run would make the lock lie). What a run
@@ -64,24 +67,51 @@ def run_stages(
     repo_dir: str,
     log: Any,
     stages: tuple[str, ...] = STAGES,
+    commit_each: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, StageSummary]]:
     """Each stage, then its gate (a failing gate raises: no later stage, no snapshot), then
-    its record in dvc.lock. Returns (counts, summaries) per stage."""
+    its record in dvc.lock. Returns (counts, summaries) per stage.
+
+    ``commit_each=False`` leaves the dvc.lock records to the caller (one ``dvc commit`` of
+    every stage once all gates passed: one DVC start-up instead of one per stage)."""
     counts: dict[str, dict[str, Any]] = {}
     summaries: dict[str, StageSummary] = {}
     for name in stages:
-        summary = run_one_stage(name, params, runner)
+        if name == "validate":
+            summary = _validate_with_artifacts(params, runner, repo_dir)
+        else:
+            summary = run_one_stage(name, params, runner)
         summaries[name] = summary
         counts[name] = stage_counts(summary)
         log.info("%s: %s", name, counts[name])
         if name in GATE_AFTER:
             gate_task(GATE_AFTER[name], params, context_root=repo_dir)
-        dvc_commit(name, params, repo_dir)
+        if name == "curate":
+            publish_curate_artifacts_task(params)
+        if commit_each:
+            dvc_commit(name, params, repo_dir)
     return counts, summaries
 
 
-def snapshot_message(counts: dict[str, dict[str, Any]]) -> str:
-    return "\n".join(
+def _validate_with_artifacts(params: Params, runner: Any, repo_dir: str) -> StageSummary:
+    """The validate stage; its gate and QA artifacts are published whether it passes or blocks."""
+    try:
+        summary = run_one_stage("validate", params, runner)
+    except GateFailed:
+        publish_validation_task(params, context_root=repo_dir)
+        raise
+    publish_validation_task(params, context_root=repo_dir)
+    return summary
+
+
+def snapshot_message(counts: dict[str, dict[str, Any]], params: Params | None = None) -> str:
+    """Counts per stage, then (with params) the suite versions that passed and the QA tally."""
+    text = "\n".join(
         f"{n}: {c['accepted']} accepted, {c['quarantined']} quarantined {c['reasons']}"
         for n, c in counts.items()
     )
+    if params is not None:
+        versions = suite_versions_text(Workspace.from_params(params))
+        if versions:
+            text += "\n\n" + versions
+    return text

@@ -45,7 +45,7 @@ def pipeline(
         counts, _ = run_stages(params, runner, repo_dir, log)
         result: dict[str, Any] = {"snapshot": None, "counts": counts}
         if snapshot:
-            snap = snapshot_task(snapshot_message(counts), params, repo_dir)
+            snap = snapshot_task(snapshot_message(counts, params), params, repo_dir)
             result["snapshot"] = snap.tag
             result["snapshot_created"] = snap.created
             result["pushed"] = snap.pushed

@@ -8,8 +8,9 @@ run the (incremental) stages, gate, cut the next snapshot and publish its diff.
    hash (files known by stamp are not read);
 4. nothing new, nothing gone, no labels returned, no request change: stop (no stage runs, no
    snapshot). Else every stage runs (each is incremental by item id, so only new items are
-   decoded; curate checks their duplicates against every accepted item), each gated, then the
-   snapshot, then the diff of the new snapshot against the reference as a markdown artifact.
+   decoded; curate checks their duplicates against every accepted item), each gated; once all
+   gates passed, one ``dvc commit`` records every stage; then the snapshot, then the diff of
+   the new snapshot against the reference as a markdown artifact.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import load_run_params, run_stages, snapshot_message
 from flows.runners import make_task_runner
-from tasks.refresh import diff_task, incoming_task, intake_task, refresh_artifacts_task
+from tasks.refresh import (
+    diff_task,
+    dvc_commit_stages_task,
+    incoming_task,
+    intake_task,
+    refresh_artifacts_task,
+)
 from tasks.versioning import snapshot_task
 from visionloop.refresh.request import RunRequest, apply_request
 from visionloop.snapshots import run_lock
@@ -67,13 +74,14 @@ def refresh(
             )
             result["snapshot"] = reference
             return result
-        counts, summaries = run_stages(params, runner, repo_dir, log)
+        counts, summaries = run_stages(params, runner, repo_dir, log, commit_each=False)
+        dvc_commit_stages_task(list(counts), params, repo_dir)
         result["ran"] = True
         result["counts"] = counts
         result["refresh"] = summaries["refresh"].details if "refresh" in summaries else {}
         refresh_artifacts_task(params)
         if snapshot:
-            snap = snapshot_task(snapshot_message(counts), params, repo_dir)
+            snap = snapshot_task(snapshot_message(counts, params), params, repo_dir)
             result["snapshot"] = snap.tag
             result["snapshot_created"] = snap.created
             if snap.created and reference:

@@ -89,6 +89,35 @@ def intake_task(params: Params, params_path: str) -> dict[str, Any]:
     return {**result.to_dict(), "source_added": added}
 
 
+@task(
+    name="dvc-commit-stages",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    tags=["visionloop-dvc"],
+)
+def dvc_commit_stages_task(stages: list[str], params: Params, repo_dir: str = ".") -> bool:
+    """Record every stage in dvc.lock with one ``dvc commit`` (after all their gates passed).
+
+    Outputs on s3:// are not DVC-tracked (the manifests pin the objects by hash instead)."""
+    import subprocess
+
+    from visionloop import snapshots
+
+    if storage.is_remote(params.run.data_dir):
+        return False
+    with snapshots.repo_lock(repo_dir):
+        proc = subprocess.run(
+            [snapshots.dvc_executable(), "commit", "--force", *stages],
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+    if proc.returncode != 0:
+        raise snapshots.SnapshotError(f"dvc commit failed: {proc.stderr.strip() or proc.stdout}")
+    return True
+
+
 @task(name="snapshot-diff", cache_policy=NO_CACHE, persist_result=False)
 def diff_task(a: str, b: str, params: Params, repo_dir: str = ".") -> dict[str, Any]:
     """The diff of snapshot ``b`` against ``a`` as a markdown artifact."""

@@ -197,12 +197,23 @@ def test_the_refresh_loop_end_to_end(tmp_path: Path, prefect_api: str) -> None:
             str(images / "train"), syn.night_shift(N_BATCH), seed=3, prefix="b1"
         )
         truth |= {f"train/{k}": v for k, v in batch.items()}
+        # ...with a re-encoded copy of a v1 image: new bytes, but a near duplicate of an item
+        # accepted in v1 (duplicates of new items are checked against everything accepted)
+        from PIL import Image
+
+        original = images / "train" / sorted(train)[0]
+        copy = images / "train" / "cam_a" / "b1_copy_of_v1.jpg"
+        with Image.open(original) as im:
+            im.save(copy, quality=70)
         first = refresh(repo_dir=".", snapshot=False)
-        assert first["ran"] and first["new"] == N_BATCH and first["snapshot"] is None
+        assert first["ran"] and first["new"] == N_BATCH + 1 and first["snapshot"] is None
         r = first["refresh"]
         assert {"day_night", "time_of_day", "brightness"} <= set(r["drifted_features"])
         assert "camera" not in r["drifted_features"] and "blur" not in r["drifted_features"]
         man = pd.read_parquet(project / "data/curate/manifest.parquet")
+        dup = man.set_index("rel_path").loc["train/cam_a/b1_copy_of_v1.jpg"]
+        assert (dup["status"], dup["reason"]) == ("quarantined", "near_duplicate")
+        assert dup["curate_near_duplicate_of"] == f"data/source/images/train/{sorted(train)[0]}"
         new_acc = man[(man["status"] == "accepted") & man["rel_path"].str.contains("/b1_")]
         drift = pd.read_parquet(project / "data/refresh/drift.parquet").set_index("feature")
         assert drift.at["day_night", "n_current"] == len(new_acc) >= N_BATCH - 3
@@ -268,8 +279,11 @@ def test_the_refresh_loop_end_to_end(tmp_path: Path, prefect_api: str) -> None:
         assert again["ran"] is False and again["snapshot"] == "dataset-v2"
         assert "dataset-v3" not in git(project, "tag", "--list")
 
-        # a no-shift batch raises no alarm
-        syn.write_batch(str(images / "train"), syn.no_shift(N_BATCH), seed=4, prefix="b2")
+        # a batch drawn like the reference (v2: 90 images at 10% night + 60 at 40%) raises
+        # no alarm
+        night = (0.1 * (N_TRAIN + N_VAL) + 0.4 * N_BATCH) / (N_TRAIN + N_VAL + N_BATCH)
+        calm_batch = syn.Batch(n=N_BATCH, night_share=night)
+        syn.write_batch(str(images / "train"), calm_batch, seed=4, prefix="b2")
         calm = refresh(repo_dir=".")
         assert calm["new"] == N_BATCH and calm["snapshot"] == "dataset-v3"
         assert calm["refresh"]["n_drifted"] == 0 and calm["refresh"]["dataset_drift"] is False

@@ -178,3 +178,19 @@ def test_default_loader_with_reference_none(world: dict, tmp_path: Path) -> None
     )
     summary = run_stage(RefreshStage(), ws, params)
     assert summary.details["reference_items"] == 0 and summary.details["n_new"] == 170
+
+
+def test_a_bad_pipeline_declaration_fails_before_any_pixel_work(
+    world: dict, tmp_path: Path
+) -> None:
+    ws, params = _workspace(world, tmp_path, with_new=False)
+    params = params.with_overrides(
+        {
+            "refresh.rebalance.target_ratio": 1.0,
+            "refresh.rebalance.pipelines": {"default": [{"name": "NoSuchTransform"}]},
+        }
+    )
+    stage = RefreshStage(reference=world["ref"])
+    with pytest.raises(ValueError, match="pipelines.default: .*unknown albumentations transform"):
+        stage.plan(ws, params)
+    assert not storage.exists(ws.uri("refresh", "embeddings.parquet"))

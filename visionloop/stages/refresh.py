@@ -14,8 +14,9 @@ finalize the embedding cache; new items = accepted items not accepted in the ref
 
 Outputs (``<data>/refresh/``, COLUMNS.md + extras): ``new_items.parquet``, ``drift.parquet``,
 ``to_annotate.parquet``, ``embeddings.parquet`` (per-item cache), ``tasks/`` (Label Studio,
-CVAT, task table), ``augmented/manifest.parquet`` + ``augmented/annotations.parquet`` +
-``augmented/objects/``. Refresh quarantines nothing and writes no manifest: its summary counts
+CVAT, task table), ``augmented/manifest.parquet`` (``rebalance.AUGMENTED_SCHEMA``; a row with
+an ``error`` is a derivation that failed and made no image) + ``augmented/annotations.parquet``
++ ``augmented/objects/``. Refresh quarantines nothing and writes no manifest: its summary counts
 mirror curate's.
 """
 
@@ -123,6 +124,13 @@ class RefreshStage:
         previous = _previous_augmented(ws)
         reuse_keys = _reusable_augmented(ws, derivations, previous, rp.rebalance)
         fresh = derivations[~_aug_keys(derivations).isin(reuse_keys)]
+        for name in sorted(set(fresh["pipeline"])):  # a bad declaration fails before any pixel
+            try:
+                rebalance.build_pipeline(
+                    rp.rebalance.pipelines[name], rp.rebalance.min_visibility, 0
+                )
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"refresh.rebalance.pipelines.{name}: {exc}") from exc
         reused = previous[_aug_keys(previous).isin(set(_aug_keys(derivations)) & reuse_keys)]
         rows = [
             {
@@ -527,7 +535,9 @@ def _previous_augmented(ws: Workspace) -> pd.DataFrame:
     df = storage.read_table(uri)
     if list(df.columns) != rebalance.AUGMENTED_COLUMNS:
         return pd.DataFrame(columns=rebalance.AUGMENTED_COLUMNS)
-    return df[df["error"].isna()]
+    # a read error may pass: retried; a derivation that failed on its own is not retried
+    transient = df["error"].fillna("").astype(str).str.startswith("unreadable")
+    return df[~transient]
 
 
 def _reusable_augmented(
@@ -537,7 +547,7 @@ def _reusable_augmented(
     if not len(derivations) or not len(previous):
         return set()
     objects = _existing(ws, AUGMENTED_OBJECTS)
-    prev = previous[previous["object_uri"].isin(objects)]
+    prev = previous[previous["object_uri"].isin(objects) | previous["error"].notna()]
     return set(_aug_keys(prev)) & set(_aug_keys(derivations))
 
 
@@ -582,9 +592,13 @@ def _derive_one(ws: Workspace, r: Any, rb: Any) -> dict[str, Any]:
             min_visibility=rb.min_visibility,
             jpeg_quality=rb.jpeg_quality,
         )
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # storage: retried on the next run
+        log.warning("refresh: cannot read parent %s: %s", r.object_uri, exc)
+        rec.update(item_id=f"failed:{r.item_id}:{r.group}:{r.k}", error=f"unreadable: {exc}")
+        return rec
+    except ValueError as exc:  # the derivation itself: recorded, not retried
         log.warning("refresh: derivation of %s failed: %s", r.item_id, exc)
-        rec.update(item_id=f"failed:{r.item_id}:{r.k}:{r.group}", error=str(exc))
+        rec.update(item_id=f"failed:{r.item_id}:{r.group}:{r.k}", error=str(exc))
         return rec
     iid = out["item_id"]
     rel = f"{STAGE}/{AUGMENTED_OBJECTS}/{iid[:2]}/{iid}.jpg"
