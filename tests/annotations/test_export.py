@@ -439,3 +439,17 @@ def test_real_exports_round_trip_in_their_own_format(
     second = get_reader(fmt).load(str(tmp_path / out), images=sizes)
     assert not second.errors
     same(second.annotations, first.annotations)
+
+
+def test_a_one_pixel_wide_mask_becomes_its_pixel_edges_in_yolo(tmp_path: Path) -> None:
+    df, cmap = every_geometry()
+    mask = np.zeros((120, 160), dtype=bool)
+    mask[10:14, 20] = True  # a vertical line of pixels: no contour area
+    row = df[df["shape"] == "mask"].copy()
+    row["segmentation"] = dumps(mask_to_rle(mask))
+    row[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]] = [20.0, 10.0, 1.0, 4.0]
+    export_table(row, cmap, "yolo", str(tmp_path / "y"))
+    line = (tmp_path / "y/labels/val/imgs/b.txt").read_text().split()
+    assert [float(v) for v in line[1:]] == pytest.approx(
+        [20 / 160, 10 / 120, 21 / 160, 10 / 120, 21 / 160, 14 / 120, 20 / 160, 14 / 120]
+    )

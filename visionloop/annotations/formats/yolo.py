@@ -906,8 +906,11 @@ def _mask_outline(rle: Mapping[str, Any]) -> list[float] | None:
     if not contours:
         return None
     c = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float)
-    if len(c) < 3:
-        return None
+    if len(c) < 3 or cv2.contourArea(c.astype(np.float32)) == 0:
+        # a line or a dot of pixels: the outline of its pixels' extent (pixel edges)
+        x0, y0 = (float(v) for v in c.min(axis=0))
+        x1, y1 = (float(v) + 1 for v in c.max(axis=0))
+        return [x0, y0, x1, y0, x1, y1, x0, y1]
     return [float(v) for v in c.reshape(-1)]
 
 
@@ -998,7 +1001,7 @@ def save_yolo(df: Any, categories: CategoryMap, out: str) -> Any:
             continue
 
         def norm(vals: list[float], w: float = float(w), h: float = float(h)) -> str:
-            return " ".join(repr(v / (w if i % 2 == 0 else h)) for i, v in enumerate(vals))
+            return " ".join(repr(float(v) / (w if i % 2 == 0 else h)) for i, v in enumerate(vals))
 
         box = [value(row, c) for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]
         seg = json_value(row, "segmentation")
@@ -1011,7 +1014,8 @@ def save_yolo(df: Any, categories: CategoryMap, out: str) -> Any:
                 continue
             x, y, bw, bh = (float(v) for v in box)
             kp = " ".join(
-                f"{p[0] / w!r} {p[1] / h!r} {int(p[2])}" if p[2] else "0.0 0.0 0" for p in kps
+                f"{float(p[0]) / w!r} {float(p[1]) / h!r} {int(p[2])}" if p[2] else "0.0 0.0 0"
+                for p in kps
             )
             line = f"{cls} {norm([x + bw / 2, y + bh / 2, bw, bh])} {kp}"
         elif shape == OBB:
