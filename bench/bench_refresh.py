@@ -12,7 +12,7 @@ the same run.
    the planted shift's feature is flagged (day_night / camera / blur), *any alarm* = any test
    flagged. The false-alarm rate is the share of no-shift batches with any alarm. Baseline:
    the same tests read naively (raw p < 0.05 per test, no effect size, no Holm adjustment).
-2. Refresh cost. A git + DVC project with ``--n`` images (1,000; 10,000 with ``--full``) and
+2. Refresh cost. A git + DVC project with ``--n`` images (500; 10,000 with ``--full``) and
    their COCO labels; the full pipeline flow cuts dataset-v1 (baseline wall time), then 1% new
    images arrive and the refresh flow cuts dataset-v2 (wall time, as a share of the full run),
    then the refresh flow runs once more on the same input (nothing to do). Both flows run in
@@ -20,7 +20,7 @@ the same run.
    first and not timed), so imports (GX, albumentations) are paid by the full run.
 
     python bench/bench_refresh.py [--full] [--seeds 20] [--reference 1000] [--batch 100]
-        [--n 1000] [--workdir DIR] [--skip-timing] [--skip-drift]
+        [--n 500] [--size 160x120] [--workdir DIR] [--skip-timing] [--skip-drift]
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _git(repo: Path, *args: str) -> None:
     )  # fmt: skip
 
 
-def _project(dest: Path, n: int) -> Path:
+def _project(dest: Path, n: int, size: tuple[int, int]) -> Path:
     import yaml
 
     from visionloop.config import Params
@@ -157,10 +157,11 @@ def _project(dest: Path, n: int) -> Path:
     _git(dest, "init", "-q", "-b", "main")
     subprocess.run([dvc, "init", "-q"], cwd=dest, check=True)
     subprocess.run([dvc, "config", "core.analytics", "false"], cwd=dest, check=True)
-    truth = syn.write_batch(str(dest / "data/source/images"), syn.no_shift(n), seed=1, prefix="v1")
+    batch = syn.no_shift(n, width=size[0], height=size[1])
+    truth = syn.write_batch(str(dest / "data/source/images"), batch, seed=1, prefix="v1")
     ann = dest / "data/source/annotations"
     ann.mkdir(parents=True)
-    (ann / "v1.json").write_text(json.dumps(syn.coco_document(truth, syn.no_shift())))
+    (ann / "v1.json").write_text(json.dumps(syn.coco_document(truth, batch)))
     params = Params().model_dump(by_alias=True)
     params["run"].update({"shard_size": 250, "max_workers": 2})
     params["import_annotations"]["sources"] = [
@@ -186,10 +187,10 @@ def _prefect() -> Any:
         yield str(PREFECT_API_URL.value())
 
 
-def timing_benchmark(n: int, workdir: Path) -> dict[str, Any]:
+def timing_benchmark(n: int, workdir: Path, size: tuple[int, int]) -> dict[str, Any]:
     from visionloop.refresh import synthetic as syn
 
-    project = _project(workdir / "project", n)
+    project = _project(workdir / "project", n, size)
     new = max(1, n // 100)
     with _prefect():
         from flows.pipeline import pipeline
@@ -201,9 +202,8 @@ def timing_benchmark(n: int, workdir: Path) -> dict[str, Any]:
             t = time.perf_counter()
             full = pipeline(repo_dir=".")
             full_s = time.perf_counter() - t
-            syn.write_batch(
-                str(project / "data/source/images"), syn.no_shift(new), seed=2, prefix="b1"
-            )
+            batch = syn.no_shift(new, width=size[0], height=size[1])
+            syn.write_batch(str(project / "data/source/images"), batch, seed=2, prefix="b1")
             t = time.perf_counter()
             fresh = refresh(repo_dir=".")
             refresh_s = time.perf_counter() - t
@@ -213,6 +213,7 @@ def timing_benchmark(n: int, workdir: Path) -> dict[str, Any]:
         finally:
             os.chdir(cwd)
     return {
+        "image_size": f"{size[0]}x{size[1]}",
         "snapshot_items": n,
         "new_items": new,
         "full_pipeline_seconds": round(full_s, 2),
@@ -237,11 +238,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--size", default="160x120", help="image size of the timing project, WxH")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-drift", action="store_true")
     args = ap.parse_args()
     seeds = args.seeds or (50 if args.full else 20)
-    n = args.n or (10_000 if args.full else 1000)
+    n = args.n or (10_000 if args.full else 500)
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     if not args.skip_drift:
         out["drift"] = drift_benchmark(seeds, args.reference, args.batch)
@@ -251,7 +253,8 @@ def main() -> None:
             Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-refresh-"))
         )
         try:
-            out["refresh_cost"] = timing_benchmark(n, work)
+            w, h = (int(v) for v in args.size.lower().split("x"))
+            out["refresh_cost"] = timing_benchmark(n, work, (w, h))
         finally:
             if not args.workdir:
                 shutil.rmtree(work, ignore_errors=True)

@@ -314,7 +314,7 @@ class RefreshParams(_Section):
     reference: str = "latest"  # a dataset-vN tag, "latest", or "none"
     # Numeric features, small samples: KS statistic above this (and adjusted p below alpha).
     drift_threshold: float = Field(0.2, ge=0, le=1)
-    drift_alpha: float = Field(0.05, gt=0, le=1)  # family-wise over every test (Holm)
+    drift_alpha: float = Field(0.01, gt=0, le=1)  # family-wise over every test (Holm)
     categorical_threshold: float = Field(0.1, ge=0, le=1)  # total-variation distance
     large_sample: int = Field(1000, ge=1)  # min(n_ref, n_new) above this: distance tests
     wasserstein_threshold: float = Field(0.1, ge=0)  # Wasserstein-1 / reference std
@@ -340,7 +340,8 @@ class RefreshParams(_Section):
     drift_slices: list[RefreshSlice] = Field(default_factory=lambda: ["camera", "day_night"])
     slice_min_items: int = Field(20, ge=2)  # per side, for a slice to be tested
     mmd_min_items: int = Field(10, ge=2)  # per side, for the embedding test
-    mmd_permutations: int = Field(1000, ge=10)
+    mmd_permutations: int = Field(500, ge=10)
+    mmd_max_permutations: int = Field(5000, ge=10)  # when the first leave p unresolved
     mmd_max_items: int = Field(300, ge=10)  # per side (sampled): the kernel matrix is O(n^2)
     mmd_dims: int = Field(16, ge=1)  # reference principal components the kernel sees
     embed_max_side: int = Field(256, ge=16)  # embeddings are computed on a copy this long

@@ -31,7 +31,7 @@ from visionloop.refresh.features import (
     feature_frame,
 )
 
-CFG = DriftConfig(mmd_permutations=200)
+CFG = DriftConfig(mmd_permutations=200, mmd_max_permutations=1000)
 
 
 def test_small_numeric_samples_get_ks_with_scipy_figures() -> None:

@@ -316,8 +316,7 @@ def _inbox_files(inbox: str) -> list[str]:
     return sorted(
         u
         for u in storage.walk_files(inbox)
-        if u.lower().endswith((".json", ".xml", ".txt"))
-        and not posixpath.basename(u).startswith(".")
+        if u.lower().endswith((".json", ".xml")) and not posixpath.basename(u).startswith(".")
     )
 
 
