@@ -143,22 +143,35 @@ def _echo_summary(stage: str, n_in: int, n_acc: int, reasons: dict[str, int]) ->
 @click.option("--dask-address", default=None, help="Address of an existing Dask scheduler.")
 @click.option("--max-workers", type=int, default=None)
 @click.option("--no-snapshot", is_flag=True, help="Run and gate every stage but cut no snapshot.")
+@click.option(
+    "--flow",
+    "which",
+    type=click.Choice(["pipeline", "refresh"]),
+    default="pipeline",
+    show_default=True,
+    help="pipeline: every stage; refresh: intake returned labels, then run only if "
+    "something is new (see README, the refresh loop).",
+)
 def run(
     params_path: str,
     runner: str | None,
     dask_address: str | None,
     max_workers: int | None,
     no_snapshot: bool,
+    which: str,
 ) -> None:
-    """Run the whole pipeline as a Prefect flow and cut a dataset snapshot."""
-    from flows.pipeline import pipeline
+    """Run the whole pipeline (or the refresh flow) as a Prefect flow and cut a snapshot."""
+    if which == "refresh":
+        from flows.refresh import refresh as flow_fn
+    else:
+        from flows.pipeline import pipeline as flow_fn
 
     overrides = {
         "run.runner": runner,
         "run.dask_address": dask_address,
         "run.max_workers": max_workers,
     }
-    result = pipeline(
+    result = flow_fn(
         params_path=params_path,
         overrides={k: v for k, v in overrides.items() if v is not None},
         snapshot=not no_snapshot,

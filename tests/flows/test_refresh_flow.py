@@ -114,6 +114,34 @@ def test_visionloop_serve_hands_the_deployments_to_prefect_serve(monkeypatch) ->
     assert [d.name for d in served] == ["refresh-hourly"]
 
 
+def test_visionloop_run_flow_refresh_runs_the_refresh_flow(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    import flows.pipeline
+    import flows.refresh
+    from visionloop.cli import main
+
+    calls: list = []
+
+    def fake(name: str):
+        return lambda **kw: calls.append((name, kw)) or {"flow": name}
+
+    monkeypatch.setattr(flows.refresh, "refresh", fake("refresh"))
+    monkeypatch.setattr(flows.pipeline, "pipeline", fake("pipeline"))
+    result = CliRunner().invoke(main, ["run", "--flow", "refresh", "--no-snapshot"])
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        ("refresh", {"params_path": "params.yaml", "overrides": {}, "snapshot": False})
+    ]
+    assert json.loads(result.output) == {"flow": "refresh"}
+    calls.clear()
+    assert CliRunner().invoke(main, ["run", "--max-workers", "3"]).exit_code == 0
+    assert calls == [
+        ("pipeline", {"params_path": "params.yaml", "overrides": {"run.max_workers": 3},
+                      "snapshot": True})
+    ]  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------
 # Acceptance: the whole loop against a real server, git and DVC (slow)
 # ------------------------------------------------------------------------------------------
