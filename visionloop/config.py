@@ -37,6 +37,14 @@ class CollectParams(_Section):
     )
     max_pixels: int = Field(100_000_000, ge=1)  # above this a file is a decompression bomb
     on_extension_mismatch: Literal["quarantine", "accept"] = "quarantine"
+    # Video files (visionloop/video.py): each sampled frame becomes one PNG manifest row.
+    # Default = visionloop.video.VIDEO_EXTENSIONS (not imported here: config stays light).
+    video_extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm"]
+    )
+    video_fps: float = Field(1.0, gt=0)  # frames sampled per second of video
+    video_max_frames: int = Field(300, ge=1)  # per video; the first ones are kept
+    video_max_bytes: int = Field(4_000_000_000, ge=1)  # larger video files are too_large, unread
 
 
 class AnonymizeParams(_Section):
@@ -174,9 +182,7 @@ class CurateParams(_Section):
 class AnnotationSource(_Section):
     # "auto" = detect_format(); it refuses ambiguity. One name per reader in
     # visionloop/annotations/formats/__init__.py (READERS).
-    format: Literal[
-        "auto", "coco", "yolo", "label_studio", "voc", "cvat", "labelme", "mot", "sam"
-    ]
+    format: Literal["auto", "coco", "yolo", "label_studio", "voc", "cvat", "labelme", "mot", "sam"]
     path: str  # file or folder, relative to the working directory, or s3://
 
 

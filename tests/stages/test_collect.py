@@ -188,7 +188,15 @@ def test_manifest_columns_and_values(tmp_path: Path, source: Path) -> None:
     ws = Workspace.from_params(params)
     run_stage(CollectStage(), ws, params)
     raw = storage.read_table(ws.manifest_uri("collect"))
-    assert list(raw.columns) == [*MANIFEST_SCHEMA.names, "collect_source_stamp"]
+    assert list(raw.columns) == [
+        *MANIFEST_SCHEMA.names,
+        "collect_source_stamp",
+        "collect_video_uri",
+        "collect_frame_index",
+        "collect_frame_time_s",
+        "collect_video_note",
+    ]
+    assert raw[["collect_video_uri", "collect_frame_index"]].isna().all().all()  # no videos
     assert raw["source_uri"].is_monotonic_increasing
     df = raw.set_index("rel_path")
     rot = df.loc["cam/exif_rot.JPG"]

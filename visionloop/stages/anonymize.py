@@ -9,6 +9,15 @@ load, detection, encode, write) quarantines it as ``anonymize_failed`` with the 
 An object is written only after it passed verification, and finalize deletes every object
 that no accepted row references, so a quarantined image is never published (fail closed).
 
+Video frames (collect rows with ``collect_video_uri``) are redacted as sequences: a video's
+accepted frames go to ONE shard, in frame order (a shard may then exceed ``run.shard_size``),
+through :func:`visionloop.video.redact_sequence`, which links detections into tracks and holds
+each track's box ``hold_frames`` sampled frames before and after it was seen (gaps filled), so
+a face the detector missed in one frame is still redacted. Held regions are marked
+(``"held": true`` in the audit's regions JSON, ``held`` in ``regions.parquet``). Each frame is
+still verified and fails closed on its own; a video's cached results are reused only all
+together (same frames in the same order, same params), else the whole video is redone.
+
 Detection is :func:`build_detector`: the configured face detector(s) (default: the union of
 CenterFace and YuNet, YuNet also on a 3x upscale of small images), each with its own threshold,
 large images also in full-resolution tiles, plus the plate detector when ``plates`` is on.
@@ -23,6 +32,7 @@ Outputs (``<data>/anonymize/``): ``manifest.parquet`` (collect columns + ``anony
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -32,6 +42,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from visionloop import manifest, storage
 from visionloop.anonymize.detectors import Detector, Regions
@@ -110,11 +122,18 @@ REGIONS_SCHEMA = pa.schema(
         pa.field("score", pa.float64()),
         pa.field("redaction", pa.string()),
         pa.field("status", pa.string()),
+        # Video: the region was not detected in this frame but held from the same track in
+        # neighbouring frames (anonymize.hold_frames); false for detections and for images.
+        pa.field("held", pa.bool_()),
     ]
 )
 
 # Per-item result rows (parts, cache): audit fields + manifest fields + bookkeeping.
 PUBLISHED, RESIDUAL, FAILED = "published", "residual", "failed"
+# Video frames (collect columns) and the key of the sequence a frame was redacted in.
+VIDEO_URI, FRAME_INDEX = "collect_video_uri", "collect_frame_index"
+SEQUENCE = "sequence"
+WORK_COLUMNS = ["item_id", "object_uri", "format", VIDEO_URI, FRAME_INDEX, SEQUENCE]
 
 
 def fingerprint(p: AnonymizeParams, detector: Detector) -> str:
@@ -327,7 +346,7 @@ class AnonymizeStage:
     def plan(self, ws: Workspace, params: Params) -> list[Shard]:
         p = params.anonymize
         df = storage.read_table(ws.manifest_uri(PREVIOUS))
-        todo = manifest.accepted(df).drop_duplicates("item_id")
+        todo = _in_sequence_order(manifest.accepted(df).drop_duplicates("item_id"))
         reused = pd.DataFrame()
         cache_uri = ws.uri(NAME, "cache.parquet")
         if len(todo) and storage.exists(cache_uri):
@@ -342,6 +361,7 @@ class AnonymizeStage:
                 f"{NAME}/objects/{storage.relative_to(objects_dir, u)}"
                 for u in (storage.walk_files(objects_dir) if storage.exists(objects_dir) else [])
             }
+            cache = cache.reindex(columns=_result_columns())
             keep = (
                 (cache["fingerprint"] == fp)
                 & cache["item_id"].isin(todo["item_id"])
@@ -351,12 +371,19 @@ class AnonymizeStage:
                     | ((cache["outcome"] == FAILED) & (cache["failed_step"] == "decode"))
                 )
             )
-            reused = cache[keep].drop_duplicates("item_id")
+            reused = _whole_sequences(todo, cache[keep].drop_duplicates("item_id"))
         work = todo[~todo["item_id"].isin(reused["item_id"] if len(reused) else [])]
-        work = work[["item_id", "object_uri", "format"]].reset_index(drop=True)
-        shards = write_work_list(ws, NAME, work, params.run.shard_size)
+        work = work[WORK_COLUMNS].reset_index(drop=True)
+        write_work_list(ws, NAME, work, max(1, len(work)))
+        shards = _cut_shards(ws.work_uri(NAME, "input.parquet"), work, params.run.shard_size)
         storage.write_table(ws.work_uri(NAME, "reused.parquet"), reused.reset_index(drop=True))
-        log.info("anonymize: %d to process, %d reused", len(work), len(reused))
+        log.info(
+            "anonymize: %d to process (%d video frame(s) in %d sequence(s)), %d reused",
+            len(work),
+            int(work[SEQUENCE].notna().sum()),
+            work[SEQUENCE].nunique(),
+            len(reused),
+        )
         return shards
 
     # ---- process: pixel work for one shard ----
@@ -374,9 +401,13 @@ class AnonymizeStage:
             load_error = f"{type(exc).__name__}: {exc}"
             log.error("anonymize: detector %r unavailable: %s", p.detector, exc)
         limit = params.collect.max_pixels  # collect enforced it; decode with the same bound
-        results = [
-            self._one(ws, p, row, detector, fp, load_error, limit) for row in rows.itertuples()
-        ]
+        results: list[dict[str, Any]] = []
+        # The work list holds each video's frames together, in frame order (see plan).
+        for seq, group in itertools.groupby(rows.itertuples(), key=lambda r: r.sequence):
+            if isinstance(seq, str):
+                results += self._sequence(ws, p, list(group), detector, fp, load_error, limit)
+            else:
+                results += [self._one(ws, p, r, detector, fp, load_error, limit) for r in group]
         part = pd.DataFrame(results, columns=_result_columns())
         storage.write_table(shard.part_uri, part)
         log.info("anonymize: shard %d done (%d images)", shard.index, len(part))
@@ -394,83 +425,81 @@ class AnonymizeStage:
     ) -> dict[str, Any]:
         start = time.perf_counter()
         item_id = row.item_id
-        result: dict[str, Any] = {
-            "item_id": item_id,
-            "detector": detector_label(p),
-            "detector_version": getattr(detector, "version", None),
-            "model_sha256": getattr(detector, "model_sha256", None),
-            "score_threshold": p.score_threshold,
-            "redaction": p.redaction,
-            "shape": p.shape,
-            "dilation": p.dilation,
-            "fingerprint": fp,
-            "retried": False,
-            "models": json.dumps(member_records(detector), sort_keys=True) if detector else None,
-        }
+        result = _base_result(p, item_id, detector, fp)
         step = "withdraw"
         try:
             # Whatever an earlier run published for this item is withdrawn until it passes again.
-            for ext in EXTENSIONS:
-                storage.remove(ws.resolve(object_rel(item_id, ext)))
+            _withdraw(ws, item_id)
             step = "model load"
             if detector is None:
                 raise AnonymizeError(step, load_error or "no detector")
             step = "read"
-            data = storage.read_bytes(ws.resolve(row.object_uri))
-            result["input_sha256"] = hashlib.sha256(data).hexdigest()
-            if result["input_sha256"] != item_id:
-                raise AnonymizeError(step, "object bytes do not match item_id (sha256)")
+            data = _read_input(ws, row, result)
             out = anonymize_image(data, row.format, detector, p, max_pixels)
             step = "write"
-            result.update(
-                output_sha256=hashlib.sha256(out["bytes"]).hexdigest(),
-                detect_width=out["detect_width"],
-                detect_height=out["detect_height"],
-                regions=out["regions"],
-                models=out["models"],
-                review=json.dumps(out["review"], sort_keys=True),
-                verified=out["verified"],
-                residual=out["residual"],
-                retried=out["retried"],
-                anonymize_faces=out["faces"],
-                anonymize_residual=out["residual"],
-                anonymize_metadata_stripped=True,
-            )
-            if out["residual"]:
-                result["outcome"] = RESIDUAL
-                result["detail"] = (
-                    f"{out['residual']} face(s) still detected after redaction"
-                    f"{' and a fill pass' if out['retried'] else ''} "
-                    f"(scores {out['residual_scores']})"
-                )
-            else:
-                rel = object_rel(item_id, out["format"])
-                storage.write_bytes_atomic(ws.resolve(rel), out["bytes"])
-                result.update(
-                    outcome=PUBLISHED,
-                    anonymize_object_uri=rel,
-                    anonymize_sha256=result["output_sha256"],
-                )
+            _record_output(ws, result, out)
         except Exception as exc:
             if storage.is_transient(exc):
                 raise  # storage outage: the shard fails and is retried; nothing is quarantined
-            error = exc if isinstance(exc, AnonymizeError) else AnonymizeError(step, exc)
-            for ext in EXTENSIONS:
-                storage.remove(ws.resolve(object_rel(item_id, ext)))
-            log.warning("anonymize: %s failed: %s", item_id[:12], error)
-            result.update(
-                outcome=FAILED,
-                failed_step=error.step,
-                detail=str(error),
-                output_sha256=None,
-                anonymize_object_uri=None,
-                anonymize_sha256=None,
-                anonymize_faces=None,
-                anonymize_residual=None,
-                anonymize_metadata_stripped=False,
-            )
+            _record_failure(ws, result, exc, step)
         result["elapsed_ms"] = (time.perf_counter() - start) * 1000
         return result
+
+    def _sequence(
+        self,
+        ws: Workspace,
+        p: AnonymizeParams,
+        rows: list[Any],
+        detector: Detector | None,
+        fp: str | None,
+        load_error: str | None,
+        max_pixels: int,
+    ) -> list[dict[str, Any]]:
+        """One video's accepted frames, in frame order, redacted together: each frame also
+        redacts the tracks held from its neighbours (:func:`visionloop.video.redact_sequence`).
+        Each frame still fails closed on its own."""
+        from visionloop.video import redact_sequence
+
+        start = time.perf_counter()
+        results = [_base_result(p, r.item_id, detector, fp, r.sequence) for r in rows]
+        readable: list[tuple[dict[str, Any], bytes]] = []
+        for row, result in zip(rows, results, strict=True):
+            step = "withdraw"
+            try:
+                _withdraw(ws, row.item_id)
+                step = "model load"
+                if detector is None:
+                    raise AnonymizeError(step, load_error or "no detector")
+                step = "read"
+                readable.append((result, _read_input(ws, row, result)))
+            except Exception as exc:
+                if storage.is_transient(exc):
+                    raise
+                _record_failure(ws, result, exc, step)
+        if readable:
+            try:
+                outs = redact_sequence([d for _, d in readable], detector, p, max_pixels)
+            except Exception as exc:  # the hold itself failed: no frame of this video is safe
+                outs = [{"error": AnonymizeError("hold", exc)} for _ in readable]
+            for (result, _), out in zip(readable, outs, strict=True):
+                step = "write"
+                try:
+                    if "error" in out:
+                        raise out["error"]
+                    _record_output(ws, result, out)
+                except Exception as exc:
+                    if storage.is_transient(exc):
+                        raise
+                    _record_failure(ws, result, exc, step)
+        elapsed = (time.perf_counter() - start) * 1000 / max(1, len(rows))
+        for result in results:
+            result["elapsed_ms"] = elapsed
+        log.info(
+            "anonymize: video %s: %d frame(s) redacted as one sequence",
+            rows[0].collect_video_uri,
+            len(rows),
+        )
+        return results
 
     # ---- finalize: one manifest, one audit table, cache, sweep ----
 
@@ -542,7 +571,8 @@ class AnonymizeStage:
                 _typed(audit, AUDIT_SCHEMA), schema=AUDIT_SCHEMA, preserve_index=False
             ),
         )
-        storage.write_table(ws.uri(NAME, "regions.parquet"), regions_table(audit))
+        regions = regions_table(audit)
+        storage.write_table(ws.uri(NAME, "regions.parquet"), regions)
         from visionloop.anonymize.review import review_table
 
         rows = after[accepted_mask | (after["quarantined_by"] == NAME)]
@@ -558,7 +588,9 @@ class AnonymizeStage:
         storage.write_table(ws.uri(NAME, "cache.parquet"), cache, schema=_result_schema())
         # The manifest last (it is what the next stage reads), then withdraw what it does not
         # reference: residual, failed and demoted images, and items no longer accepted.
-        storage.write_table(ws.manifest_uri(NAME), _manifest_table(after))
+        storage.write_table(
+            ws.manifest_uri(NAME), _manifest_table(after, _input_types(ws.manifest_uri(PREVIOUS)))
+        )
         removed = self._sweep(ws, set(after["anonymize_object_uri"].dropna()))
         clear_work(ws, NAME)
 
@@ -592,6 +624,8 @@ class AnonymizeStage:
                 "detector_version": _first(per_row["detector_version"]),
                 "model_sha256": _first(per_row["model_sha256"]),
                 "score_threshold": p.score_threshold,
+                "video_sequences": int(per_row.loc[accepted_mask, SEQUENCE].nunique()),
+                "held_regions": int(pc.sum(regions.column("held")).as_py() or 0),
             },
         )
         log.info("anonymize: %s", summary.details)
@@ -610,6 +644,153 @@ class AnonymizeStage:
                 storage.remove(uri)
                 removed += 1
         return removed
+
+
+def _base_result(
+    p: AnonymizeParams,
+    item_id: str,
+    detector: Detector | None,
+    fp: str | None,
+    sequence: str | None = None,
+) -> dict[str, Any]:
+    """The audit fields known before an image is touched."""
+    return {
+        "item_id": item_id,
+        "detector": detector_label(p),
+        "detector_version": getattr(detector, "version", None),
+        "model_sha256": getattr(detector, "model_sha256", None),
+        "score_threshold": p.score_threshold,
+        "redaction": p.redaction,
+        "shape": p.shape,
+        "dilation": p.dilation,
+        "fingerprint": fp,
+        "retried": False,
+        "models": json.dumps(member_records(detector), sort_keys=True) if detector else None,
+        SEQUENCE: sequence,
+    }
+
+
+def _withdraw(ws: Workspace, item_id: str) -> None:
+    for ext in EXTENSIONS:
+        storage.remove(ws.resolve(object_rel(item_id, ext)))
+
+
+def _read_input(ws: Workspace, row: Any, result: dict[str, Any]) -> bytes:
+    """The collect object's bytes, checked against the item id (its sha256)."""
+    data = storage.read_bytes(ws.resolve(row.object_uri))
+    result["input_sha256"] = hashlib.sha256(data).hexdigest()
+    if result["input_sha256"] != row.item_id:
+        raise AnonymizeError("read", "object bytes do not match item_id (sha256)")
+    return data
+
+
+def _record_output(ws: Workspace, result: dict[str, Any], out: dict[str, Any]) -> None:
+    """Fill ``result`` from an anonymize_image result; publish the bytes unless faces remain."""
+    result.update(
+        output_sha256=hashlib.sha256(out["bytes"]).hexdigest(),
+        detect_width=out["detect_width"],
+        detect_height=out["detect_height"],
+        regions=out["regions"],
+        models=out["models"],
+        review=json.dumps(out["review"], sort_keys=True),
+        verified=out["verified"],
+        residual=out["residual"],
+        retried=out["retried"],
+        anonymize_faces=out["faces"],
+        anonymize_residual=out["residual"],
+        anonymize_metadata_stripped=True,
+    )
+    if out["residual"]:
+        result["outcome"] = RESIDUAL
+        result["detail"] = (
+            f"{out['residual']} face(s) still detected after redaction"
+            f"{' and a fill pass' if out['retried'] else ''} "
+            f"(scores {out['residual_scores']})"
+        )
+    else:
+        rel = object_rel(result["item_id"], out["format"])
+        storage.write_bytes_atomic(ws.resolve(rel), out["bytes"])
+        result.update(
+            outcome=PUBLISHED,
+            anonymize_object_uri=rel,
+            anonymize_sha256=result["output_sha256"],
+        )
+
+
+def _record_failure(ws: Workspace, result: dict[str, Any], exc: BaseException, step: str) -> None:
+    """Fail closed: nothing stays published for this item, and the audit says why."""
+    error = exc if isinstance(exc, AnonymizeError) else AnonymizeError(step, exc)
+    _withdraw(ws, result["item_id"])
+    log.warning("anonymize: %s failed: %s", result["item_id"][:12], error)
+    result.update(
+        outcome=FAILED,
+        failed_step=error.step,
+        detail=str(error),
+        output_sha256=None,
+        anonymize_object_uri=None,
+        anonymize_sha256=None,
+        anonymize_faces=None,
+        anonymize_residual=None,
+        anonymize_metadata_stripped=False,
+    )
+
+
+def _in_sequence_order(todo: pd.DataFrame) -> pd.DataFrame:
+    """Accepted items with each video's frames together and in frame order, each frame
+    carrying its sequence key: a hash of the video and of its frames' item ids in order (a
+    video's redaction depends on all its frames). Images get no key."""
+    todo = todo.copy()
+    for col in (VIDEO_URI, FRAME_INDEX):
+        if col not in todo.columns:  # a manifest written before videos existed
+            todo[col] = None
+    framed = todo[VIDEO_URI].notna() & todo[FRAME_INDEX].notna()
+    todo["_listed"] = todo[VIDEO_URI].where(framed, todo["source_uri"])
+    todo["_frame"] = pd.to_numeric(todo[FRAME_INDEX].where(framed)).fillna(-1)
+    todo = todo.sort_values(["_listed", "_frame"], kind="stable")
+    keys = {
+        uri: hashlib.sha256(f"{uri}\n{','.join(ids)}".encode()).hexdigest()[:32]
+        for uri, ids in todo[framed.loc[todo.index]].groupby("_listed", sort=False)["item_id"]
+    }
+    todo[SEQUENCE] = todo["_listed"].map(keys).where(framed.loc[todo.index], None)
+    return todo.drop(columns=["_listed", "_frame"])
+
+
+def _whole_sequences(todo: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
+    """The reusable cache rows, a video's frames only all together: every frame cached under
+    the same sequence key (same frames, same order). An image reuses only an image's result."""
+    if not len(kept):
+        return kept
+    want = todo.set_index("item_id")[SEQUENCE]
+    cached = kept.set_index("item_id")[SEQUENCE]
+    same = want.reindex(cached.index)
+    ok = (same.isna() & cached.isna()) | (same == cached)
+    ok_ids = set(ok[ok].index)
+    seq_rows = todo[todo[SEQUENCE].notna()]
+    broken = set(seq_rows.loc[~seq_rows["item_id"].isin(ok_ids), SEQUENCE])
+    ok_ids -= set(seq_rows.loc[seq_rows[SEQUENCE].isin(broken), "item_id"])
+    return kept[kept["item_id"].isin(ok_ids)]
+
+
+def _cut_shards(input_uri: str, work: pd.DataFrame, shard_size: int) -> list[Shard]:
+    """Shards of about ``shard_size`` rows that never split a video's frames (a longer video
+    gets a shard of its own, whatever its length)."""
+    units: list[tuple[int, int]] = []
+    seqs = work[SEQUENCE].tolist()
+    start = 0
+    for i in range(1, len(seqs) + 1):
+        if i == len(seqs) or seqs[i] is None or seqs[i] != seqs[i - 1]:
+            units.append((start, i))
+            start = i
+    shards: list[Shard] = []
+    lo = hi = 0
+    for a, b in units:
+        if hi > lo and b - lo > shard_size:
+            shards.append(Shard(NAME, len(shards), input_uri, lo, hi))
+            lo = a
+        hi = b
+    if hi > lo:
+        shards.append(Shard(NAME, len(shards), input_uri, lo, hi))
+    return shards
 
 
 def regions_table(audit: pd.DataFrame) -> pa.Table:
@@ -632,6 +813,7 @@ def regions_table(audit: pd.DataFrame) -> pa.Table:
                     "score": r["score"],
                     "redaction": r["redaction"],
                     "status": rec.status,
+                    "held": bool(r.get("held", False)),
                 }
             )
     df = pd.DataFrame(rows, columns=REGIONS_SCHEMA.names)
@@ -654,6 +836,7 @@ def _result_schema() -> pa.Schema:
         pa.field("retried", pa.bool_()),
         pa.field("failed_step", pa.string()),
         pa.field("review", pa.string()),  # JSON review entries (review.parquet)
+        pa.field(SEQUENCE, pa.string()),  # video frames: key of the sequence redacted together
     ]
     audit = [f for f in AUDIT_SCHEMA if f.name not in ("status", "reason")]
     manifest_fields = [f for f in MANIFEST_FIELDS if f.name != "anonymize_audit_complete"]
@@ -679,9 +862,24 @@ def _typed(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     return out
 
 
-def _manifest_table(df: pd.DataFrame) -> pa.Table:
-    """The manifest with collect's types kept and anonymize columns typed per the contract."""
-    known = {f.name: f.type for f in [*MANIFEST_SCHEMA, *MANIFEST_FIELDS]}
+def _input_types(uri: str) -> dict[str, pa.DataType]:
+    """Arrow types of the input manifest's columns (collect's int64 frame index would come
+    back from pandas as float64 when it holds nulls)."""
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as fh:
+        schema = pq.read_schema(fh)
+    return {f.name: f.type for f in schema if not pa.types.is_null(f.type)}
+
+
+def _manifest_table(
+    df: pd.DataFrame, input_types: dict[str, pa.DataType] | None = None
+) -> pa.Table:
+    """The manifest with earlier stages' types kept and anonymize columns typed per the
+    contract."""
+    known = {
+        **(input_types or {}),
+        **{f.name: f.type for f in [*MANIFEST_SCHEMA, *MANIFEST_FIELDS]},
+    }
     ours = {f.name for f in MANIFEST_FIELDS}
     typed = _typed(df[list(ours)], pa.schema(MANIFEST_FIELDS))
     base = df.drop(columns=list(ours))

@@ -12,9 +12,25 @@ percent-encoded and quarantined unread (``bad_file_name``). Entries that are not
 Byte-identical files share an item id: in ``finalize`` the first by sorted source URI is kept
 and the others are quarantined as exact duplicates.
 
+Videos (extension in ``collect.video_extensions``) are sampled, not copied: about
+``collect.video_fps`` frames per second of video, at most ``collect.video_max_frames``, and
+each sampled frame becomes one row of its own: the frame encoded as a lossless PNG without
+metadata, stored under the sha256 of those PNG bytes (its item id), ``format`` PNG,
+``source_uri`` ``<video uri>#frame=<n>`` and ``rel_path`` ``<video rel path>/frame_<n>.png``
+(n = the frame number in the video, 6 digits, so that sorting by either keeps frame order and
+a CVAT video export's ``frame_000010`` finds its frame by stem), plus ``collect_video_uri``,
+``collect_frame_index`` and ``collect_frame_time_s``. ``collect_video_note`` says where
+decoding stopped when a damaged video yielded only its first frames (they are kept). A video
+that yields no frame is ONE quarantined row: ``corrupt``, ``unsupported_format`` (a known
+container whose codec this OpenCV/FFmpeg build cannot decode), ``empty_file`` or
+``too_large`` (file above ``collect.video_max_bytes``, unread, or frames above
+``collect.max_pixels``). A static video's identical frames are exact duplicates of its first.
+So every listed file is represented: by its own row or by its frames.
+
 Reruns are incremental: a file whose source URI and stamp (size + mtime locally, ETag on S3,
-plus a fingerprint of the collect params) match the previous manifest keeps its previous row
-without being read. The source is only ever read.
+plus a fingerprint of the collect params; the video params too for a video) match the previous
+manifest keeps its previous row(s), a video all its frame rows, without being read. The source
+is only ever read.
 """
 
 from __future__ import annotations
@@ -26,13 +42,14 @@ import os
 import posixpath
 import re
 import stat
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from visionloop import imaging, storage
+from visionloop import imaging, storage, video
 from visionloop.config import CollectParams, Params
 from visionloop.manifest import ManifestError, quarantine, status_counts
 from visionloop.schema import MANIFEST_SCHEMA, Reason, Status
@@ -49,9 +66,22 @@ log = logging.getLogger(__name__)
 
 STAGE = "collect"
 # Bump when the checks change meaning, so reruns re-inspect files instead of reusing rows.
-LOGIC_VERSION = 1
+LOGIC_VERSION = 2  # 2: video files sampled into frame rows
 STAMP_COLUMN = "collect_source_stamp"
-COLLECT_SCHEMA: pa.Schema = MANIFEST_SCHEMA.append(pa.field(STAMP_COLUMN, pa.string()))
+VIDEO_URI = "collect_video_uri"  # the listed video a frame row (or a rejected video) comes from
+FRAME_INDEX = "collect_frame_index"  # frame number in that video (0-based)
+FRAME_TIME = "collect_frame_time_s"  # its timestamp in seconds
+VIDEO_NOTE = "collect_video_note"  # where decoding of a damaged video stopped, else null
+COLLECT_SCHEMA: pa.Schema = pa.schema(
+    [
+        *MANIFEST_SCHEMA,
+        pa.field(STAMP_COLUMN, pa.string()),
+        pa.field(VIDEO_URI, pa.string()),
+        pa.field(FRAME_INDEX, pa.int64()),
+        pa.field(FRAME_TIME, pa.float64()),
+        pa.field(VIDEO_NOTE, pa.string()),
+    ]
+)
 _WRITTEN = "_object_written"  # part-file only: did this shard write the object
 _PART_SCHEMA: pa.Schema = COLLECT_SCHEMA.append(pa.field(_WRITTEN, pa.bool_()))
 _WORK_SCHEMA = pa.schema(
@@ -76,14 +106,24 @@ class SourceFile:
     name_problem: str | None = None  # set when the real name is not valid UTF-8
 
 
-def params_fingerprint(cfg: CollectParams) -> str:
-    """Short hash of every collect param that changes a row's outcome."""
-    payload = {
+def params_fingerprint(cfg: CollectParams, for_video: bool = False) -> str:
+    """Short hash of every collect param that changes a row's outcome (``for_video``: a video
+    file's rows, which also depend on the sampling params; images do not, so changing the
+    frame rate re-reads videos only)."""
+    payload: dict[str, Any] = {
         "extensions": sorted({e.lower() for e in cfg.extensions}),
+        "video_extensions": sorted({e.lower() for e in cfg.video_extensions}),
         "max_pixels": cfg.max_pixels,
         "on_extension_mismatch": cfg.on_extension_mismatch,
         "logic": LOGIC_VERSION,
     }
+    if for_video:
+        payload.update(
+            video_fps=cfg.video_fps,
+            video_max_frames=cfg.video_max_frames,
+            video_max_bytes=cfg.video_max_bytes,
+            png_level=video.PNG_LEVEL,
+        )
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -238,16 +278,9 @@ def inspect_file(
     """Decide one file's row; copies accepted bytes into the store. The pixel work of collect."""
     row = _blank_row(uri, rel_path, size, stamp)
     row[_WRITTEN] = False
-    if name_problem:  # ``uri`` is only the percent-encoded name: nothing to open
-        row["item_id"] = _unread_id(uri)
-        return _reject(row, Reason.BAD_FILE_NAME, name_problem)
-    if escapes_root(cfg.source, uri, rel_path):
-        row["item_id"] = _unread_id(uri)
-        return _reject(row, Reason.PATH_ESCAPE, "resolves outside collect.source; not read")
-    special = not_regular_file(uri)
-    if special:
-        row["item_id"] = _unread_id(uri)
-        return _reject(row, Reason.UNREADABLE, special)
+    rejected = _refuse_unsafe(row, cfg, uri, rel_path, name_problem)
+    if rejected is not None:
+        return rejected
     try:
         data = storage.read_bytes(uri)
     except (OSError, ValueError) as err:  # fsspec maps storage errors onto OSError subclasses
@@ -285,6 +318,138 @@ def inspect_file(
     return row
 
 
+def _refuse_unsafe(
+    row: dict[str, Any], cfg: CollectParams, uri: str, rel_path: str, name_problem: str | None
+) -> dict[str, Any] | None:
+    """The rejections decided before a byte is read (unusable name, path escape, not a regular
+    file), or None when the file may be opened."""
+    if name_problem:  # ``uri`` is only the percent-encoded name: nothing to open
+        row["item_id"] = _unread_id(uri)
+        return _reject(row, Reason.BAD_FILE_NAME, name_problem)
+    if escapes_root(cfg.source, uri, rel_path):
+        row["item_id"] = _unread_id(uri)
+        return _reject(row, Reason.PATH_ESCAPE, "resolves outside collect.source; not read")
+    special = not_regular_file(uri)
+    if special:
+        row["item_id"] = _unread_id(uri)
+        return _reject(row, Reason.UNREADABLE, special)
+    return None
+
+
+def is_video(cfg: CollectParams, rel_path: str) -> bool:
+    return posixpath.splitext(rel_path)[1].lower() in {e.lower() for e in cfg.video_extensions}
+
+
+def frame_uri(video_uri: str, index: int) -> str:
+    return f"{video_uri}#frame={index:06d}"
+
+
+def frame_rel_path(video_rel: str, index: int) -> str:
+    return f"{video_rel}/frame_{index:06d}.png"
+
+
+def inspect_video(
+    ws: Workspace,
+    cfg: CollectParams,
+    uri: str,
+    rel_path: str,
+    size: int | None,
+    stamp: str | None,
+    name_problem: str | None = None,
+) -> list[dict[str, Any]]:
+    """One row per sampled frame (PNG objects written to the store), or ONE quarantined row
+    for a video that yields no frame. The pixel work of collect for a video file."""
+    row = _blank_row(uri, rel_path, size, stamp)
+    row[_WRITTEN] = False
+    row[VIDEO_URI] = uri
+    rejected = _refuse_unsafe(row, cfg, uri, rel_path, name_problem)
+    if rejected is not None:
+        return [rejected]
+    too_big = f"above collect.video_max_bytes ({cfg.video_max_bytes})"
+    if size is not None and size > cfg.video_max_bytes:
+        row["item_id"] = _unread_id(uri)
+        return [_reject(row, Reason.TOO_LARGE, f"video file is {size} bytes, {too_big}; not read")]
+    with ExitStack() as stack:
+        try:
+            path = stack.enter_context(video.local_copy(uri))  # remote: streamed to a temp file
+            size = os.path.getsize(path)
+        except OSError as err:  # fsspec maps storage errors onto OSError subclasses
+            if storage.is_transient(err):
+                raise  # an outage is not a property of the file: fail the shard, retry it
+            row["item_id"] = _unread_id(uri)
+            return [_reject(row, Reason.UNREADABLE, f"{type(err).__name__}: {err}")]
+        row["size_bytes"] = size
+        if size == 0:
+            row["item_id"] = hashlib.sha256(b"").hexdigest()
+            return [_reject(row, Reason.EMPTY_FILE, "file has zero bytes")]
+        try:
+            if size > cfg.video_max_bytes:  # the listing gave no size
+                raise video.VideoRejected(
+                    Reason.TOO_LARGE, f"video file is {size} bytes, {too_big}"
+                )
+            return _sample(ws, cfg, uri, rel_path, stamp, path)
+        except video.VideoRejected as err:
+            try:  # a rejected video's item id is the sha256 of its bytes, like any file's
+                row["item_id"] = video.file_sha256(path)
+            except OSError:
+                row["item_id"] = _unread_id(uri)
+            return [_reject(row, err.reason, err.detail)]
+    raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
+
+
+def _sample(
+    ws: Workspace,
+    cfg: CollectParams,
+    uri: str,
+    rel_path: str,
+    stamp: str | None,
+    path: str,
+) -> list[dict[str, Any]]:
+    """Frame rows of the video at local ``path``; raises VideoRejected when none decodes."""
+    rows: list[dict[str, Any]] = []
+    with video.VideoSampler(
+        path, cfg.video_fps, cfg.video_max_frames, cfg.max_pixels, label=rel_path
+    ) as sampler:
+        for frame in sampler.frames():
+            data = video.encode_png(frame.rgb)
+            iid = hashlib.sha256(data).hexdigest()
+            out = _blank_row(
+                frame_uri(uri, frame.index), frame_rel_path(rel_path, frame.index), None, stamp
+            )
+            height, width = frame.rgb.shape[:2]
+            out.update(
+                item_id=iid,
+                size_bytes=len(data),
+                format="PNG",
+                width=width,
+                height=height,
+                channels=3,
+                mode="RGB",
+                has_gps=False,
+                object_uri=object_rel(iid, ".png"),
+                **{VIDEO_URI: uri, FRAME_INDEX: frame.index, FRAME_TIME: frame.time_s},
+            )
+            out[_WRITTEN] = False
+            target = ws.resolve(out["object_uri"])
+            if not storage.exists(target):
+                storage.write_bytes_atomic(target, data)
+                out[_WRITTEN] = True
+            rows.append(out)
+        info, note = sampler.info, sampler.note
+    if not rows:
+        codec, w, h, n = (
+            (info.codec, info.width, info.height, info.frame_count) if info else ("", 0, 0, None)
+        )
+        raise video.VideoRejected(
+            Reason.CORRUPT,
+            f"opened ({codec or 'unknown codec'}, {w}x{h}, {n or 'unknown'} frames declared) "
+            "but no frame decodes" + (f": {note}" if note else ""),
+        )
+    for r in rows:
+        r[VIDEO_NOTE] = note
+    return rows
+
+
 def _to_frame(table_or_df: pd.DataFrame | None, schema: pa.Schema) -> pd.DataFrame:
     if table_or_df is None or len(table_or_df) == 0:
         return schema.empty_table().to_pandas()
@@ -318,13 +483,18 @@ class CollectStage:
         cfg = params.collect
         _refuse_self_ingest(ws, cfg.source)
         fp = params_fingerprint(cfg)
+        fp_video = params_fingerprint(cfg, for_video=True)
         listing = pd.DataFrame(
             [
                 {
                     "source_uri": f.uri,
                     "rel_path": f.rel_path,
                     "size_bytes": f.size,
-                    STAMP_COLUMN: f"{f.stamp};params={fp}" if f.stamp else None,
+                    STAMP_COLUMN: (
+                        f"{f.stamp};params={fp_video if is_video(cfg, f.rel_path) else fp}"
+                        if f.stamp
+                        else None
+                    ),
                     "name_problem": f.name_problem,
                 }
                 for f in list_source(cfg.source)
@@ -333,9 +503,8 @@ class CollectStage:
         )
         previous = _previous_manifest(ws)
         reuse = _reusable(listing, previous, ws)
-        reused = _undo_duplicates(
-            previous[previous["source_uri"].isin(listing.loc[reuse, "source_uri"])]
-        )
+        prev_key = listed_uri(previous)
+        reused = _undo_duplicates(previous[prev_key.isin(listing.loc[reuse, "source_uri"])])
         todo = listing.loc[~reuse]
         shards = write_work_list(
             ws,
@@ -346,18 +515,20 @@ class CollectStage:
         storage.write_table(ws.work_uri(STAGE, "reused.parquet"), reused, schema=COLLECT_SCHEMA)
         plan_info = {
             "listed": len(listing),
-            "reused": len(reused),
+            "reused": int(reuse.sum()),
+            "reused_rows": len(reused),
             "to_process": len(todo),
             "removed_since_last_run": int(
-                (~previous["source_uri"].isin(listing["source_uri"])).sum()
+                prev_key[~prev_key.isin(listing["source_uri"])].nunique()
             ),
             "params_fingerprint": fp,
+            "params_fingerprint_video": fp_video,
         }
         storage.write_text_atomic(ws.work_uri(STAGE, "plan.json"), json.dumps(plan_info))
         log.info(
             "collect: %d file(s) listed, %d reused from the last manifest, %d to inspect",
             len(listing),
-            len(reused),
+            plan_info["reused"],
             len(todo),
         )
         return shards
@@ -368,20 +539,28 @@ class CollectStage:
         for r in rows.itertuples(index=False):
             size = None if pd.isna(r.size_bytes) else int(r.size_bytes)
             stamp = getattr(r, STAMP_COLUMN)
-            out.append(
-                inspect_file(
-                    ws,
-                    params.collect,
-                    r.source_uri,
-                    r.rel_path,
-                    size,
-                    None if pd.isna(stamp) else stamp,
-                    name_problem=None if pd.isna(r.name_problem) else r.name_problem,
-                )
+            args = (
+                ws,
+                params.collect,
+                r.source_uri,
+                r.rel_path,
+                size,
+                None if pd.isna(stamp) else stamp,
+                None if pd.isna(r.name_problem) else r.name_problem,
             )
+            if is_video(params.collect, r.rel_path):
+                out.extend(inspect_video(*args))
+            else:
+                out.append(inspect_file(*args))
         storage.write_table(shard.part_uri, pa.Table.from_pylist(out, schema=_PART_SCHEMA))
         n_acc = sum(o["status"] == Status.ACCEPTED.value for o in out)
-        log.info("collect shard %d: %d file(s), %d accepted", shard.index, len(out), n_acc)
+        log.info(
+            "collect shard %d: %d file(s), %d row(s), %d accepted",
+            shard.index,
+            len(rows),
+            len(out),
+            n_acc,
+        )
         return shard.part_uri
 
     def finalize(self, ws: Workspace, params: Params, parts: list[str]) -> StageSummary:
@@ -397,11 +576,13 @@ class CollectStage:
             if frames
             else COLLECT_SCHEMA.empty_table().to_pandas()
         )
-        if len(df) != plan_info["listed"] or df["source_uri"].duplicated().any():
+        represented = listed_uri(df).nunique()
+        if represented != plan_info["listed"] or df["source_uri"].duplicated().any():
             raise ManifestError(
-                f"collect: {plan_info['listed']} file(s) listed but {len(df)} row(s) "
-                f"({int(df['source_uri'].duplicated().sum())} repeated); every file must come "
-                "out exactly once"
+                f"collect: {plan_info['listed']} file(s) listed but {represented} represented "
+                f"in {len(df)} row(s) ({int(df['source_uri'].duplicated().sum())} source_uri "
+                "repeated); every file must be represented (by its row or its frames) and "
+                "source_uri must be unique"
             )
         df = quarantine_exact_duplicates(df)
         manifest_uri = ws.manifest_uri(STAGE)
@@ -418,6 +599,9 @@ class CollectStage:
             details={
                 **plan_info,
                 "objects_written": written,
+                "videos": int(df[VIDEO_URI].nunique()),
+                "video_frames": int(df[FRAME_INDEX].notna().sum()),
+                "videos_cut_short": int(df.loc[df[VIDEO_NOTE].notna(), VIDEO_URI].nunique()),
                 "bytes_accepted": int(
                     df.loc[df["status"] == Status.ACCEPTED.value, "size_bytes"].sum()
                 ),
@@ -438,27 +622,37 @@ def _previous_manifest(ws: Workspace) -> pd.DataFrame:
     uri = ws.manifest_uri(STAGE)
     if storage.exists(uri):
         prev = storage.read_table(uri)
-        if STAMP_COLUMN in prev.columns:
-            return prev[COLLECT_SCHEMA.names]
+        if STAMP_COLUMN in prev.columns:  # older manifests lack the video columns: nulls
+            return prev.reindex(columns=COLLECT_SCHEMA.names)
     return COLLECT_SCHEMA.empty_table().to_pandas()
 
 
+def listed_uri(df: pd.DataFrame) -> pd.Series:
+    """The listed file each manifest row stands for: its video for a frame row, else itself."""
+    return df[VIDEO_URI].where(df[VIDEO_URI].notna(), df["source_uri"])
+
+
 def _reusable(listing: pd.DataFrame, previous: pd.DataFrame, ws: Workspace) -> pd.Series:
-    """Which listed files keep their previous row: same URI, same stamp (incl. params), not a
-    read error (those may be transient), and their stored object still exists."""
+    """Which listed files keep their previous row(s): same URI, same stamp (incl. params), not
+    a read error (those may be transient), and every stored object still exists (a video's
+    frames are reused all together or not at all)."""
     if previous.empty or listing.empty:
         return pd.Series(False, index=listing.index)
-    prev = previous.set_index("source_uri")
-    stamp = listing["source_uri"].map(prev[STAMP_COLUMN])
-    reason = listing["source_uri"].map(prev["reason"])
-    obj = listing["source_uri"].map(prev["object_uri"])
     objects = _existing_objects(ws)
-    return (
-        listing[STAMP_COLUMN].notna()
-        & (stamp == listing[STAMP_COLUMN])
-        & (reason != Reason.UNREADABLE.value)
-        & (obj.isna() | obj.isin(objects))
+    prev = pd.DataFrame(
+        {
+            "key": listed_uri(previous),
+            "stamp": previous[STAMP_COLUMN],
+            "bad": (previous["reason"] == Reason.UNREADABLE.value)
+            | ~(previous["object_uri"].isna() | previous["object_uri"].isin(objects)),
+        }
     )
+    per_file = prev.groupby("key").agg(
+        stamp=("stamp", "first"), stamps=("stamp", "nunique"), bad=("bad", "any")
+    )
+    stamp = listing["source_uri"].map(per_file["stamp"])
+    ok = listing["source_uri"].map((per_file["stamps"] == 1) & ~per_file["bad"])
+    return listing[STAMP_COLUMN].notna() & (stamp == listing[STAMP_COLUMN]) & ok.eq(True)
 
 
 def _undo_duplicates(rows: pd.DataFrame) -> pd.DataFrame:
