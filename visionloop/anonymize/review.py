@@ -107,11 +107,19 @@ def review_rows(
 def review_table(rows: pd.DataFrame, results: pd.DataFrame) -> pa.Table:
     """The review queue for the stage: manifest ``rows`` and per-item ``results`` (same index)."""
     out: list[dict[str, Any]] = []
-    for idx, item in rows.iterrows():
+    results = results.loc[rows.index]
+    # Most images have nothing to review: only those with entries or a failure are visited
+    # (row-wise access over a 10k-image manifest otherwise costs seconds per run).
+    review = results["review"] if "review" in results else pd.Series(None, index=results.index)
+    outcome = results["outcome"] if "outcome" in results else pd.Series(None, index=results.index)
+    listed = review.map(lambda t: isinstance(t, str) and t not in ("", "[]")) | (
+        outcome == "failed"
+    )
+    for idx in results.index[listed.to_numpy(bool)]:
         res = results.loc[idx]
         text = res.get("review")
         entries = json.loads(text) if isinstance(text, str) else []
-        out += review_rows(item.to_dict(), entries, res.get("outcome"), res.get("detail"))
+        out += review_rows(rows.loc[idx].to_dict(), entries, res.get("outcome"), res.get("detail"))
     return to_table(out)
 
 
