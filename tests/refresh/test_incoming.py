@@ -69,3 +69,40 @@ def test_no_reference_means_everything_is_new(collected) -> None:
     params, _, _ = collected
     found = incoming.find_incoming(params.collect, None)
     assert len(found.new) == 6 and found.reference_items == 0 and found.hashed == 6
+
+
+def test_a_known_video_stands_for_its_frames_and_a_new_one_is_new(
+    collected, monkeypatch, tmp_path: Path
+) -> None:
+    from tests.stages.test_collect_video import write_video
+
+    params, ws, src = collected
+    params = params.model_copy(
+        update={"collect": params.collect.model_copy(update={"video_fps": 5.0})}
+    )
+    write_video(src / "cam_a" / "clip.avi", n=10, fps=10.0)  # 5 frames sampled at 5 fps
+    run_stage(CollectStage(), ws, params)
+    reference = _manifest(ws)
+    frame_ids = set(reference.loc[reference["collect_video_uri"].notna(), "item_id"])
+    assert len(frame_ids) == 5
+
+    reads: list[str] = []
+    monkeypatch.setattr(incoming, "_sha256", lambda uri: reads.append(uri))
+    found = incoming.find_incoming(params.collect, reference)
+    # the video is known by its stamp: its five frames are present, nothing is read or new
+    assert (found.listed, found.known_by_stamp, found.hashed) == (7, 7, 0)
+    assert reads == [] and found.new == [] and found.gone == [] and not found.changed
+
+    # against a reference without the video, its frames (known by stamp) are the new items
+    older = reference[reference["collect_video_uri"].isna()]
+    found = incoming.find_incoming(params.collect, older, workspace_manifest=reference)
+    assert {n["item_id"] for n in found.new} == frame_ids
+    assert all(
+        n["source_uri"].startswith(str(src / "cam_a" / "clip.avi#frame=")) for n in found.new
+    )
+
+    # a second video nobody has sampled yet is new as a file (its frames are not known yet)
+    write_video(src / "cam_a" / "other.avi", n=4, fps=10.0)
+    found = incoming.find_incoming(params.collect, reference)
+    assert found.new == [{"source_uri": str(src / "cam_a" / "other.avi"), "item_id": None}]
+    assert found.hashed == 0 and found.gone == [] and found.changed

@@ -12,6 +12,11 @@ copied file with known bytes is not new (collect will record it as a byte-identi
 of the kept copy). An item of the reference whose bytes are no longer anywhere in the source is
 *gone*. The stages that then run are incremental by item id, so only new items are decoded;
 curate checks the new items' near duplicates against every accepted item.
+
+A video file stands for the rows of its sampled frames (item id = hash of each frame's PNG,
+known only after decoding): a video known by stamp contributes all its frames' ids; a video
+not known by stamp is new (collect samples it; frames identical to known ones then come out
+as exact duplicates).
 """
 
 from __future__ import annotations
@@ -54,15 +59,19 @@ class Incoming:
         return d
 
 
-def _stamps(*manifests: pd.DataFrame | None) -> dict[tuple[str, str], str]:
-    known: dict[tuple[str, str], str] = {}
+def _stamps(*manifests: pd.DataFrame | None) -> dict[tuple[str, str], dict[str, str]]:
+    """(listed file URI, stamp) -> {item id: row URI} of its rows (one, or a video's frames)."""
+    from visionloop.stages.collect import VIDEO_URI, listed_uri
+
+    known: dict[tuple[str, str], dict[str, str]] = {}
     for m in manifests:
         if m is None or not len(m) or STAMP_COLUMN not in m.columns:
             continue
         rows = m[m[STAMP_COLUMN].notna()]
-        triples = zip(rows["source_uri"], rows[STAMP_COLUMN], rows["item_id"], strict=True)
-        for uri, stamp, iid in triples:
-            known[(str(uri), str(stamp))] = str(iid)
+        uris = listed_uri(rows) if VIDEO_URI in rows.columns else rows["source_uri"]
+        cols = (uris, rows[STAMP_COLUMN], rows["item_id"], rows["source_uri"])
+        for uri, stamp, iid, row_uri in zip(*cols, strict=True):
+            known.setdefault((str(uri), str(stamp)), {})[str(iid)] = str(row_uri)
     return known
 
 
@@ -81,20 +90,28 @@ def find_incoming(
     max_workers: int = 4,
 ) -> Incoming:
     """Compare the source of ``params`` with the ``reference`` manifest (None: no snapshot)."""
-    from visionloop.stages.collect import list_source, params_fingerprint
+    from visionloop.stages.collect import is_video, list_source, params_fingerprint
 
-    fp = params_fingerprint(params)
+    fp = {False: params_fingerprint(params), True: params_fingerprint(params, for_video=True)}
     files = list_source(params.source)
     known = _stamps(reference, workspace_manifest)
     ids: dict[str, str | None] = {}
+    frames: dict[str, str] = {}  # item id -> frame URI, of the videos known by stamp
+    unknown_videos: list[str] = []
     to_hash: list[str] = []
     for f in files:
-        stamp = f"{f.stamp};params={fp}" if f.stamp else None
+        video = is_video(params, f.rel_path)
+        stamp = f"{f.stamp};params={fp[video]}" if f.stamp else None
         hit = known.get((f.uri, stamp)) if stamp else None
         if hit is not None and f.name_problem is None:
-            ids[f.uri] = hit
+            if video:
+                frames.update(hit)
+            else:
+                ids[f.uri] = next(iter(hit))
         elif f.name_problem is not None:
             ids[f.uri] = None  # collect never reads it; it is new unless already recorded
+        elif video:
+            unknown_videos.append(f.uri)  # its frames are known only once collect decodes it
         else:
             to_hash.append(f.uri)
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
@@ -107,7 +124,13 @@ def find_incoming(
         for uri, iid in sorted(ids.items())
         if (iid is None and uri not in ref_uris) or (iid is not None and iid not in ref_ids)
     ]
+    new += [
+        {"source_uri": uri, "item_id": iid} for iid, uri in frames.items() if iid not in ref_ids
+    ]
+    new += [{"source_uri": uri, "item_id": None} for uri in unknown_videos]
+    new.sort(key=lambda n: str(n["source_uri"]))
     present = {iid for iid in ids.values() if iid is not None}
+    present |= set(frames)
     accepted_ref = (
         set(reference.loc[reference["status"] == "accepted", "item_id"].astype(str))
         if reference is not None and "status" in reference.columns
@@ -120,7 +143,10 @@ def find_incoming(
     out = Incoming(
         reference_items=len(ref_ids),
         listed=len(files),
-        known_by_stamp=len(files) - len(to_hash) - sum(1 for f in files if f.name_problem),
+        known_by_stamp=len(files)
+        - len(to_hash)
+        - len(unknown_videos)
+        - sum(1 for f in files if f.name_problem),
         hashed=len(to_hash),
         unreadable=sum(1 for u in to_hash if ids[u] is None),
         new=new,
