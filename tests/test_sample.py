@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from visionloop import imaging, storage
-from visionloop.config import Params
-from visionloop.sample import build_sample, luminance
+from visionloop import imaging, storage, video
+from visionloop.config import CurateParams, Params
+from visionloop.curate import flag_quality
+from visionloop.curate.dedup import hamming_pairs, hex_to_uint64
+from visionloop.curate.metrics import compute_metrics, decode_for_metrics
+from visionloop.sample import CLIP_NAME, build_sample, luminance, sampled_frames
 from visionloop.stages.base import Workspace, run_stage
-from visionloop.stages.collect import CollectStage
+from visionloop.stages.collect import CollectStage, frame_rel_path
 
 N = 60
 
@@ -33,18 +37,34 @@ def image_files(out: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
+def manifest_rows(truth: dict[str, Any], files: list[str]) -> list[str]:
+    """The rel_paths collect should write: each file on disk, a video by its sampled frames."""
+    rows = [f for f in files if f not in truth["videos"]]
+    return sorted(rows + [r for v in truth["videos"].values() for r in v["frames"]])
+
+
+def _null(value: Any) -> Any:
+    """None for a missing manifest value (a row of mixed dtypes reads it back as NaN)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
 def test_layout_and_totals(sample: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
     out, truth, summary = sample
     files = image_files(out)
     assert len(files) == N == truth["n"] == summary["files"]
-    assert set(files) == set(truth["files"])
+    assert list(truth["videos"]) == [CLIP_NAME] and CLIP_NAME in files
+    assert summary["videos"] == 1 and summary["frames"] == len(truth["videos"][CLIP_NAME]["frames"])
+    rows = manifest_rows(truth, files)
+    assert rows == sorted(truth["files"])
+    assert len(rows) == summary["rows"] == N - 1 + summary["frames"]
     assert {f.split("/")[0] for f in files} == {"cam_a", "cam_b", "notes.txt"}
     kinds = summary["kinds"]
     for kind in ("corrupt", "truncated", "wrong_extension", "orientation_6", "text"):
         assert kinds[kind] == 1
     for kind in ("blurry", "dark", "overexposed", "exact_duplicate", "near_duplicate"):
         assert kinds[kind] >= 1
-    assert summary["expected"]["accepted"] + summary["expected"]["quarantined"] == N
+    assert kinds["video_frame"] == summary["frames"]
+    assert summary["expected"]["accepted"] + summary["expected"]["quarantined"] == len(rows)
     assert summary["collect"]["reasons"] == {
         "corrupt": 1,
         "duplicate_exact": kinds["exact_duplicate"],
@@ -52,7 +72,7 @@ def test_layout_and_totals(sample: tuple[Path, dict[str, Any], dict[str, Any]]) 
         "truncated": 1,
         "unsupported_format": 1,
     }
-    assert summary["expected"]["quarantined"] / N < 0.5
+    assert summary["expected"]["quarantined"] / len(rows) < 0.5
     assert summary["faces"] == sum(len(e["faces"]) for e in truth["files"].values())
     for e in truth["files"].values():
         assert (e["status"], e["reason"]) == (e["expected"]["status"], e["expected"]["reason"])
@@ -70,17 +90,27 @@ def test_collect_agrees_with_truth(
     ws = Workspace.from_params(params)
     summary = run_stage(CollectStage(), ws, params)
     df = storage.read_table(ws.manifest_uri("collect")).set_index("rel_path")
-    assert summary.input == N
+    assert summary.input == len(truth["files"]) == len(df)
+    assert sorted(df.index) == sorted(truth["files"])
     for rel, entry in truth["files"].items():
         row = df.loc[rel]
         reason = row.reason if isinstance(row.reason, str) else None
         assert (row.status, reason) == (entry["collect"]["status"], entry["collect"]["reason"]), rel
+        if entry["sha256"]:  # a frame's: the sha256 of its PNG, as collect stores it
+            assert row.item_id == entry["sha256"], rel
+        if entry["video"]:
+            assert row.collect_video_uri == str(out / "images" / entry["video"])
+            assert row.collect_frame_index == entry["frame_index"]
+            assert _null(row.exif_orientation) is None
         if entry["duplicate_of"]:
             assert row.duplicate_of == str(out / "images" / entry["duplicate_of"])
         if row.status == "accepted":
             assert (row.width, row.height) == (entry["width"], entry["height"]), rel
-            assert row.capture_time == entry["capture_time"]
-            assert row.camera_make == entry["make"] and row.camera_model == entry["model"]
+            assert _null(row.capture_time) == entry["capture_time"], rel
+            assert (_null(row.camera_make), _null(row.camera_model)) == (
+                entry["make"],
+                entry["model"],
+            ), rel
             assert bool(row.has_gps) == (entry["gps"] is not None)
             if entry["gps"]:
                 assert row.gps_lat == pytest.approx(entry["gps"]["lat"], abs=1e-6)
@@ -91,6 +121,8 @@ def test_planted_defects_are_real(sample: tuple[Path, dict[str, Any], dict[str, 
     out, truth, _ = sample
     lumas: dict[str, list[float]] = {}
     for rel, e in truth["files"].items():
+        if e["kind"] == "video_frame":  # not a file on disk (test_clip_frames_are_distinct)
+            continue
         data = (out / "images" / rel).read_bytes()
         if e["sha256"]:
             assert hashlib.sha256(data).hexdigest() == e["sha256"]
@@ -128,7 +160,7 @@ def test_boxes_faces_and_annotation_exports(
     out, truth, summary = sample
     files = truth["files"]
     with_faces = [e for e in files.values() if e["faces"]]
-    assert 0.2 <= len(with_faces) / N <= 0.5
+    assert 0.2 <= len(with_faces) / len(files) <= 0.5
     for e in files.values():
         assert len(e["faces"]) <= 3
         for x0, y0, x1, y1 in e["faces"] + [o["box"] for o in e["objects"]]:
@@ -170,6 +202,69 @@ def test_boxes_faces_and_annotation_exports(
         box = e["faces"][0] if e["faces"] else e["objects"][0]["box"]
         assert cx * e["width"] == pytest.approx((box[0] + box[2]) / 2, abs=0.01)
         assert h * e["height"] == pytest.approx(box[3] - box[1], abs=0.01)
+
+
+def test_clip_frames_are_in_truth_and_not_near_duplicates(
+    sample: tuple[Path, dict[str, Any], dict[str, Any]],
+) -> None:
+    """The clip's sampled frames are recorded as collect will see them, pass every curate
+    quality check and lie far outside curate's pHash radius of each other and of every image."""
+    out, truth, _ = sample
+    clip = truth["videos"][CLIP_NAME]
+    data = (out / "images" / CLIP_NAME).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == clip["sha256"]
+    assert (clip["fps"], clip["frames_total"], clip["codec"]) == (10.0, 32, "MJPG")
+    assert clip["frames"] == [frame_rel_path(CLIP_NAME, i) for i in (0, 10, 20, 30)]
+    frames = sampled_frames(data)  # decoded as collect decodes them, at its default 1 frame/s
+    assert [f.index for f in frames] == [0, 10, 20, 30]
+    cfg = CurateParams()
+    measured = []
+    for rel, frame in zip(clip["frames"], frames, strict=True):
+        e = truth["files"][rel]
+        assert (e["kind"], e["status"], e["reason"], e["expected"]["stage"]) == (
+            "video_frame",
+            "accepted",
+            None,
+            None,
+        )
+        assert e["collect"] == {"status": "accepted", "reason": None}
+        assert (e["camera"], e["make"], e["model"], e["capture_time"], e["gps"]) == (
+            "cam_a",
+            None,
+            None,
+            None,
+            None,
+        )
+        assert (e["video"], e["frame_index"], e["day_night"]) == (CLIP_NAME, frame.index, "day")
+        assert hashlib.sha256(video.encode_png(frame.rgb)).hexdigest() == e["sha256"]
+        assert frame.rgb.shape == (e["height"], e["width"], 3) == (480, 640, 3)
+        assert luminance(frame.rgb) == pytest.approx(e["mean_luma"], abs=0.01)
+        assert e["face_sources"] == [clip["face_source"]]
+        assert clip["face_source"] in {"astronaut", "grace_hopper"}
+        ((x0, y0, x1, y1),) = e["faces"]
+        assert 0 <= x0 < x1 <= e["width"] and 0 <= y0 < y1 <= e["height"]
+        assert 90 <= y1 - y0 <= 120
+        measured.append(compute_metrics(frame.rgb, cfg.work_max_side, "rgb"))
+    lefts = [truth["files"][rel]["faces"][0][0] for rel in clip["frames"]]
+    assert np.diff(lefts).tolist() == [40.0, 40.0, 40.0]  # the walker drifts right in view
+
+    metrics = pd.DataFrame(measured)
+    flags = flag_quality(metrics, cfg)
+    assert not flags.to_numpy().any(), flags  # seed 0: not even a record-only flag
+    frame_hashes = hex_to_uint64(metrics["phash"])
+    _, _, apart = hamming_pairs(frame_hashes, 64)
+    assert len(apart) == 6 and int(apart.min()) == 22  # measured; curate.phash_radius is 8
+    # ... and no frame is a near duplicate of any accepted still image either
+    stills = []
+    for rel, e in truth["files"].items():
+        if e["kind"] in ("clean", "orientation_6"):
+            pixels, _ = decode_for_metrics(
+                (out / "images" / rel).read_bytes(), work_max_side=cfg.work_max_side
+            )
+            stills.append(compute_metrics(pixels, cfg.work_max_side, "bgr")["phash"])
+    hashes = np.concatenate([frame_hashes, hex_to_uint64(np.array(stills, dtype=object))])
+    i, _, _ = hamming_pairs(hashes, cfg.phash_radius)
+    assert not (i < len(frame_hashes)).any()
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:

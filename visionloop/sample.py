@@ -5,6 +5,7 @@ would deliver, with every answer recorded in ``truth.json``::
 
     out_dir/images/cam_a/img_0000.jpg ...   camera "Acme A100"  (COCO export covers these)
     out_dir/images/cam_b/img_0000.jpg ...   camera "Birch B7"   (YOLO export covers these)
+    out_dir/images/cam_a/clips/street.avi   a 3.2 s MJPG clip of cam_a (no labels)
     out_dir/images/notes.txt                a stray text file
     out_dir/annotations/coco/instances.json category ids 1 face, 3 vehicle, 7 sign
     out_dir/annotations/yolo/data.yaml + labels/cam_b/<stem>.txt
@@ -17,6 +18,14 @@ GPS, and real faces pasted in: photos that ship inside the scikit-image and matp
 Planted defects (blur, dark, overexposed, exact and near duplicates, corrupt, truncated, wrong
 extension, a rotated EXIF orientation, a text file) stay below ~15% of the files at n=240 so
 the default quarantine gate passes. Same seed, same bytes.
+
+The clip (10 fps, 32 frames) is what collect turns into 4 frame rows at its default
+``video_fps`` of 1: a camera panning along a street after a passer-by with a real face, so the
+sampled frames differ (pHashes 14+ bits apart over seeds 0-39, 22 at seed 0, against
+``curate.phash_radius`` 8), pass every quality check and are all expected ``accepted`` with the
+face redacted. ``truth["files"]`` is keyed like the manifest: one entry per sampled frame
+(``<clip>/frame_000010.png``, kind ``video_frame``), none for the clip itself;
+``truth["videos"]`` lists each clip's frames.
 
 All boxes are ``[x0, y0, x1, y1]`` in pixels of the image *as displayed* (EXIF-oriented).
 """
@@ -76,6 +85,7 @@ EXPECTED: dict[str, tuple[Status, Reason | None, str | None]] = {
     "truncated": (Status.QUARANTINED, Reason.TRUNCATED, "collect"),
     "wrong_extension": (Status.QUARANTINED, Reason.EXTENSION_MISMATCH, "collect"),
     "text": (Status.QUARANTINED, Reason.UNSUPPORTED_FORMAT, "collect"),
+    "video_frame": (Status.ACCEPTED, None, None),
 }
 _ANNOTATED_KINDS = frozenset(
     {
@@ -347,8 +357,14 @@ def _night_tone(pixels: np.ndarray, target: float) -> np.ndarray:
     return cv2.LUT(np.ascontiguousarray(pixels), lut)
 
 
-def render_scene(rng: np.random.Generator, w: int, h: int, night: bool, n_faces: int) -> Scene:
-    """One annotated scene: background, clutter, vehicles, signs, faces, lighting, noise."""
+def render_scene(
+    rng: np.random.Generator, w: int, h: int, night: bool, n_faces: int, noise: bool = True
+) -> Scene:
+    """One annotated scene: background, clutter, vehicles, signs, faces, lighting, noise.
+
+    ``noise=False`` leaves the sensor noise out (and draws nothing for it): a video's frames
+    are cut from one wide scene and each gets noise of its own, as a sensor would add.
+    """
     canvas, horizon = _background(rng, w, h)
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
@@ -409,9 +425,12 @@ def render_scene(rng: np.random.Generator, w: int, h: int, night: bool, n_faces:
             )
             ld.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(255, 236, 180))
         pixels = np.asarray(lamps)
+    if not noise:
+        scene.pixels = np.ascontiguousarray(pixels)
+        return scene
     ox, oy = (int(v) for v in rng.integers(0, 64, 2))
-    noise = _noise_field(w, h)[oy : oy + h, ox : ox + w] * float(rng.uniform(2.5, 4.5))
-    scene.pixels = np.clip(pixels + noise + 0.5, 0, 255).astype(np.uint8)
+    grain_noise = _noise_field(w, h)[oy : oy + h, ox : ox + w] * float(rng.uniform(2.5, 4.5))
+    scene.pixels = np.clip(pixels + grain_noise + 0.5, 0, 255).astype(np.uint8)
     return scene
 
 
@@ -464,6 +483,156 @@ def encode_jpeg(pixels: np.ndarray, quality: int, exif: bytes | None) -> bytes:
         kwargs["exif"] = exif
     Image.fromarray(pixels).save(buf, "JPEG", **kwargs)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# A short video clip
+# --------------------------------------------------------------------------------------------
+
+CLIP_NAME = "cam_a/clips/street.avi"  # relative to images/
+CLIP_FPS = 10.0
+CLIP_FRAMES = 32  # 3.2 s: collect's default 1 frame per second samples frames 0, 10, 20, 30
+# Camera pan in px per frame (150 px/s): frames one second apart share under 4/5 of their view,
+# and their pHashes lie 20+ bits apart (curate.phash_radius is 8): not near duplicates.
+CLIP_PAN = 15
+# The camera follows a passer-by who walks a little faster than the pan: the face drifts right
+# by CLIP_WALK px per frame, 40 px between sampled frames, so its boxes in consecutive sampled
+# frames overlap (IoU ~0.4 for a 100 px box) and anonymize links them into one track.
+CLIP_WALK = 4
+CLIP_JPEG_QUALITY = 90  # of each MJPG frame, as the still images
+CLIP_FACE_HEIGHT = (90.0, 120.0)  # px: a passer-by near the camera, well inside detector range
+CLIP_STREAM = 1  # the clip draws from default_rng((seed, CLIP_STREAM)): the same for every n
+
+
+@dataclass
+class _ClipFrame:
+    pixels: np.ndarray  # HxWx3 uint8 RGB, as rendered (before MJPG)
+    faces: list[Box]
+    objects: list[dict[str, Any]]
+
+
+def _objects_in_view(objects: list[dict[str, Any]], offset: int, w: int) -> list[dict[str, Any]]:
+    """Objects of the wide scene as seen through the frame starting at ``offset``: boxes clipped
+    to the frame; an object with less than a third of its box in view is left out."""
+    seen = []
+    for o in objects:
+        x0, y0, x1, y1 = o["box"]
+        vx0, vx1 = max(x0 - offset, 0.0), min(x1 - offset, float(w))
+        if vx1 - vx0 >= (x1 - x0) / 3:
+            seen.append({"category": o["category"], "box": [vx0, y0, vx1, y1]})
+    return seen
+
+
+def render_clip(rng: np.random.Generator) -> tuple[list[_ClipFrame], str]:
+    """Frames of a street clip and the face source: the camera pans right across one wide day
+    scene, following a passer-by (a real portrait from :func:`face_bank`) who walks right a
+    little faster, so the face drifts from left of centre to right of it. Each frame gets
+    sensor noise of its own."""
+    span = CLIP_PAN * (CLIP_FRAMES - 1)
+    wide = render_scene(rng, WIDTH + span, HEIGHT, night=False, n_faces=0, noise=False)
+    patch = face_bank()[int(rng.integers(0, 2))]  # astronaut or Grace Hopper
+    _, fy0, _, fy1 = patch.face
+    ph = round(float(rng.uniform(*CLIP_FACE_HEIGHT)) / (fy1 - fy0))
+    pw = round(ph * patch.pixels.shape[1] / patch.pixels.shape[0])
+    y = int(rng.integers(10, HEIGHT - ph - 10))
+    x_first = int(rng.integers(WIDTH // 4 - pw // 2, WIDTH // 2 - pw // 2))
+    x_last = min(x_first + CLIP_WALK * (CLIP_FRAMES - 1), WIDTH - pw - 10)
+    flip, gain = bool(rng.random() < 0.5), float(rng.uniform(0.9, 1.05))
+    amplitude = float(rng.uniform(2.5, 4.5))
+    noise = _noise_field(WIDTH, HEIGHT)
+    frames = []
+    for i in range(CLIP_FRAMES):
+        offset = i * CLIP_PAN
+        canvas = wide.pixels[:, offset : offset + WIDTH].copy()
+        x = round(x_first + (x_last - x_first) * i / (CLIP_FRAMES - 1))
+        face = _paste_face(canvas, patch, x, y, pw, ph, flip, gain)
+        ox, oy = (int(v) for v in rng.integers(0, 64, 2))
+        grain_noise = noise[oy : oy + HEIGHT, ox : ox + WIDTH] * amplitude
+        pixels = np.clip(canvas + grain_noise + 0.5, 0, 255).astype(np.uint8)
+        objects = _objects_in_view(wide.objects, offset, WIDTH)
+        frames.append(_ClipFrame(pixels, [face], objects))
+    return frames, patch.name
+
+
+def encode_clip(frames: list[np.ndarray], fps: float = CLIP_FPS) -> bytes:
+    """MJPG-in-AVI bytes of RGB frames, written by OpenCV's own MJPEG writer (not FFmpeg's):
+    same frames, same bytes (checked across processes and OpenCV thread counts), and the
+    FFmpeg backend that collect reads videos with decodes it."""
+    import os
+    import tempfile
+
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    fd, tmp = tempfile.mkstemp(suffix=".avi")
+    os.close(fd)
+    try:
+        writer = cv2.VideoWriter(
+            tmp, cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h)
+        )
+        if not writer.isOpened():  # pragma: no cover - the built-in writer needs no codec
+            raise RuntimeError("OpenCV's MJPEG writer did not open")
+        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, CLIP_JPEG_QUALITY)
+        for rgb in frames:
+            writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
+        writer.release()
+        with open(tmp, "rb") as fh:
+            return fh.read()
+    finally:
+        os.unlink(tmp)
+
+
+def sampled_frames(data: bytes) -> list[Any]:
+    """The frames collect will sample from video ``data`` at its default ``video_fps`` and
+    ``video_max_frames`` (:class:`visionloop.video.Frame`), decoded the way collect does."""
+    import os
+    import tempfile
+
+    from visionloop import video
+    from visionloop.config import CollectParams
+
+    defaults = CollectParams()
+    fd, tmp = tempfile.mkstemp(suffix=".avi")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return list(video.sample_frames(tmp, defaults.video_fps, defaults.video_max_frames))
+    finally:
+        os.unlink(tmp)
+
+
+def _clip_truth(seed: int) -> tuple[bytes, dict[str, Any], dict[str, dict[str, Any]]]:
+    """The clip's bytes, its ``truth["videos"]`` entry and one truth entry per sampled frame
+    (keyed by the frame's rel_path as collect writes it)."""
+    from visionloop import video
+    from visionloop.stages.collect import frame_rel_path
+
+    frames, source = render_clip(np.random.default_rng((seed, CLIP_STREAM)))
+    data = encode_clip([f.pixels for f in frames])
+    entries: dict[str, dict[str, Any]] = {}
+    for frame in sampled_frames(data):
+        drawn = frames[frame.index]
+        height, width = frame.rgb.shape[:2]
+        entries[frame_rel_path(CLIP_NAME, frame.index)] = _truth_entry_frame(
+            drawn,
+            source,
+            frame.index,
+            width,
+            height,
+            luminance(frame.rgb),
+            hashlib.sha256(video.encode_png(frame.rgb)).hexdigest(),
+        )
+    clip = {
+        "frames": list(entries),
+        "fps": CLIP_FPS,
+        "frames_total": CLIP_FRAMES,
+        "codec": "MJPG",
+        "width": WIDTH,
+        "height": HEIGHT,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "face_source": source,
+    }
+    return data, clip, entries
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,22 +719,27 @@ def _pick_sources(rng: np.random.Generator, slots: list[_Slot]) -> None:
 
 
 def build_sample(out_dir: str, n: int = 240, seed: int = 0) -> dict[str, Any]:
-    """Write the sample dataset (``n`` files in total under images/) and return its summary.
+    """Write the sample dataset (``n`` files in total under images/, the clip among them) and
+    return its summary (``truth["totals"]``: ``files`` on disk, manifest ``rows``, ``frames``).
 
     Rewrites ``images/``, ``annotations/`` and ``truth.json`` below ``out_dir`` (local or s3://);
-    nothing else there is touched. ``truth.json`` maps each path below images/ to: ``status`` /
+    nothing else there is touched. ``truth.json`` maps each manifest rel_path (a path below
+    images/, or a sampled frame of the clip) to: ``status`` /
     ``reason`` (the final expected outcome), ``expected`` (the same plus the deciding ``stage``),
     ``collect`` (what the collect stage alone should decide), ``kind`` and ``defect``,
     ``duplicate_of`` / ``near_duplicate_of``, ``camera``, ``make``, ``model``, ``day_night``,
     ``capture_time``, ``gps``, ``orientation``, ``width`` / ``height`` (displayed), ``mean_luma``,
-    ``sha256``, ``faces`` (boxes), ``face_sources`` and ``objects`` ({category, box}).
+    ``sha256`` (of the file; of the frame's PNG as collect stores it), ``faces`` (boxes),
+    ``face_sources``, ``objects`` ({category, box}; clipped to a frame's view) and ``video`` /
+    ``frame_index`` (a frame's clip and frame number, else null). ``truth["videos"]`` maps the
+    clip to its sampled ``frames``, ``fps``, ``frames_total``, ``codec``, size and ``sha256``.
     """
     if n < MIN_N:
         raise ValueError(f"n={n}: the sample needs at least {MIN_N} files to plant every defect")
     rng = np.random.default_rng(seed)
     for sub in ("images", "annotations"):
         storage.remove(storage.join(out_dir, sub), recursive=True)
-    n_images = n - 1  # plus notes.txt
+    n_images = n - 1  # plus notes.txt; the clip then takes the place of one image (below)
     kinds = _assign_kinds(rng, n_images, n)
     per_cam: Counter[str] = Counter()
     slots: list[_Slot] = []
@@ -579,6 +753,15 @@ def build_sample(out_dir: str, n: int = 240, seed: int = 0) -> dict[str, Any]:
         if slot.kind in ("exact_duplicate", "near_duplicate"):
             continue
         _render_slot(rng, slot)
+    # The clip takes the place of the last clean cam_a image that no duplicate copies: drawn
+    # (so the random stream stays as it was) but not written, so every other image keeps the
+    # bytes it had before the sample had a clip, and the tests calibrated on them still hold.
+    sources = {s.source for s in slots}
+    spare = max(
+        (s for s in slots if s.kind == "clean" and s.camera == "cam_a" and s.name not in sources),
+        key=lambda s: s.index,
+    )
+    slots.remove(spare)
     by_name = {s.name: s for s in slots}
     for slot in slots:  # second pass: duplicates of files written in the first pass
         if slot.kind in ("exact_duplicate", "near_duplicate"):
@@ -592,9 +775,13 @@ def build_sample(out_dir: str, n: int = 240, seed: int = 0) -> dict[str, Any]:
         "cam_a: Acme A100, cam_b: Birch B7. Firmware 2.4.1. Contact ops for re-uploads.\n"
     )
     storage.write_text_atomic(storage.join(images_dir, "notes.txt"), notes)
+    clip_data, clip, frame_entries = _clip_truth(seed)
+    storage.write_bytes_atomic(storage.join(images_dir, *CLIP_NAME.split("/")), clip_data)
 
     files = {s.name: _truth_entry(s) for s in slots}
     files["notes.txt"] = _truth_entry_text()
+    files.update(frame_entries)
+    videos = {CLIP_NAME: clip}
     annotations = _write_annotations(out_dir, slots, per_cam)
     truth = {
         "version": 1,
@@ -603,8 +790,9 @@ def build_sample(out_dir: str, n: int = 240, seed: int = 0) -> dict[str, Any]:
         "box_format": "[x0, y0, x1, y1] in pixels of the EXIF-oriented (displayed) image",
         "paths": "relative to images/",
         "files": dict(sorted(files.items())),
+        "videos": videos,
         "annotations": annotations,
-        "totals": _totals(files),
+        "totals": _totals(files, videos),
     }
     storage.write_text_atomic(
         storage.join(out_dir, "truth.json"), json.dumps(truth, indent=1, sort_keys=False) + "\n"
@@ -760,6 +948,50 @@ def _truth_entry(slot: _Slot) -> dict[str, Any]:
             if scene
             else []
         ),
+        "video": None,
+        "frame_index": None,
+    }
+
+
+def _truth_entry_frame(
+    frame: _ClipFrame,
+    face_source: str,
+    index: int,
+    width: int,
+    height: int,
+    mean_luma: float,
+    sha256: str,
+) -> dict[str, Any]:
+    """A sampled frame of the clip, as collect will record it: a PNG without EXIF (no make,
+    model, capture time, GPS or orientation), item id = sha256 of that PNG."""
+    status, _, stage = EXPECTED["video_frame"]
+    return {
+        "camera": CLIP_NAME.split("/")[0],
+        "make": None,
+        "model": None,
+        "kind": "video_frame",
+        "defect": None,
+        "status": status.value,
+        "reason": None,
+        "expected": {"status": status.value, "reason": None, "stage": stage},
+        "collect": {"status": status.value, "reason": None},
+        "duplicate_of": None,
+        "near_duplicate_of": None,
+        "day_night": "day",
+        "capture_time": None,
+        "gps": None,
+        "orientation": None,
+        "width": width,
+        "height": height,
+        "mean_luma": round(mean_luma, 2),
+        "sha256": sha256,
+        "faces": [_round_box(b) for b in frame.faces],
+        "face_sources": [face_source] * len(frame.faces),
+        "objects": [
+            {"category": o["category"], "box": _round_box(o["box"])} for o in frame.objects
+        ],
+        "video": CLIP_NAME,
+        "frame_index": index,
     }
 
 
@@ -789,6 +1021,8 @@ def _truth_entry_text() -> dict[str, Any]:
         "faces": [],
         "face_sources": [],
         "objects": [],
+        "video": None,
+        "frame_index": None,
     }
 
 
@@ -896,12 +1130,18 @@ def _write_annotations(out_dir: str, slots: list[_Slot], per_cam: Counter[str]) 
     }
 
 
-def _totals(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _totals(files: dict[str, dict[str, Any]], videos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Counts over manifest rows (``files`` = truth entries: a video's frames stand for it),
+    except ``files`` itself: the files on disk below images/."""
     expected = Counter(e["expected"]["status"] for e in files.values())
     collect = Counter(e["collect"]["status"] for e in files.values())
     objects = Counter(o["category"] for e in files.values() for o in e["objects"])
+    frames = sum(len(v["frames"]) for v in videos.values())
     return {
-        "files": len(files),
+        "files": len(files) - frames + len(videos),
+        "rows": len(files),
+        "videos": len(videos),
+        "frames": frames,
         "kinds": dict(sorted(Counter(e["kind"] for e in files.values()).items())),
         "expected": {
             "accepted": expected[Status.ACCEPTED.value],

@@ -68,6 +68,11 @@ def test_flow_cuts_a_tagged_snapshot(project: Path, flow_result: dict) -> None:
     assert git(project, "status", "--porcelain", "--untracked-files=no").strip() == ""
 
 
+def _rows(project: Path) -> int:
+    """Manifest rows of the sample: its files, with the video clip counted by its frames."""
+    return json.loads((project / "data/source/truth.json").read_text())["totals"]["rows"]
+
+
 def test_every_input_file_is_accounted_for_once(project: Path, flow_result: dict) -> None:
     truth = json.loads((project / "data/source/truth.json").read_text())
     files = sorted(
@@ -75,16 +80,26 @@ def test_every_input_file_is_accounted_for_once(project: Path, flow_result: dict
         for p in (project / "data/source/images").rglob("*")
         if p.is_file() or p.is_symlink()
     )
+    assert len(files) == N_FILES and set(truth["videos"]) <= set(files)
+    # each file is one row, but a video is its sampled frames
+    rows = [f for f in files if f not in truth["videos"]]
+    rows = sorted(rows + [r for v in truth["videos"].values() for r in v["frames"]])
+    assert len(rows) == _rows(project) == N_FILES - 1 + truth["totals"]["frames"]
     for stage, c in flow_result["counts"].items():
-        assert c["accepted"] + c["quarantined"] == c["input"] == len(files), stage
+        assert c["accepted"] + c["quarantined"] == c["input"] == len(rows), stage
     final = pd.read_parquet(project / "data/curate/manifest.parquet")
-    assert sorted(final["rel_path"]) == files
+    assert sorted(final["rel_path"]) == rows
     assert final["source_uri"].is_unique
     by_path = final.set_index("rel_path")
     for rel, expected in truth["files"].items():
         if expected.get("reason") in {"corrupt", "truncated"}:
             assert by_path.loc[rel, "status"] == "quarantined"
             assert by_path.loc[rel, "reason"] == expected["reason"]
+    # the clip's sampled frames come out of every stage accepted (faces: the test below)
+    frames = [r for v in truth["videos"].values() for r in v["frames"]]
+    assert len(frames) == 4
+    assert (by_path.loc[frames, "status"] == "accepted").all(), by_path.loc[frames, "reason"]
+    assert (by_path.loc[frames, "format"] == "PNG").all()
 
 
 def test_published_images_carry_no_gps(project: Path, flow_result: dict) -> None:
@@ -104,10 +119,11 @@ def test_every_sample_face_is_redacted(project: Path, flow_result: dict) -> None
     truth = json.loads((project / "data/source/truth.json").read_text())
     manifest = pd.read_parquet(project / "data/anonymize/manifest.parquet").set_index("rel_path")
     audit = pd.read_parquet(project / "data/anonymize/audit.parquet").set_index("item_id")
-    faces = missed = 0
+    faces = missed = frame_faces = 0
     for rel, entry in truth["files"].items():
         if not entry.get("faces") or manifest.loc[rel, "status"] != "accepted":
             continue
+        frame_faces += len(entry["faces"]) if entry["kind"] == "video_frame" else 0
         redacted = np.zeros((entry["height"], entry["width"]), bool)
         for region in json.loads(audit.loc[manifest.loc[rel, "item_id"], "regions"]):
             x0, y0, x1, y1 = (round(v) for v in region["box"])
@@ -117,6 +133,7 @@ def test_every_sample_face_is_redacted(project: Path, flow_result: dict) -> None
             faces += 1
             missed += redacted[y0:y1, x0:x1].mean() < 0.9
     assert faces > 0
+    assert frame_faces == 4  # the clip's walker, once in each sampled frame
     assert missed == 0, f"{missed} of {faces} faces not redacted"
 
 
@@ -131,7 +148,7 @@ def test_status_json_reports_the_tag(project: Path, flow_result: dict) -> None:
     status = json.loads(out)
     assert status["snapshot"] == "dataset-v1"
     collect = status["stages"]["collect"]
-    assert collect["accepted"] + collect["quarantined"] == collect["input"] == N_FILES
+    assert collect["accepted"] + collect["quarantined"] == collect["input"] == _rows(project)
 
 
 def test_dvc_status_is_clean_and_repro_skips_everything(project: Path, flow_result: dict) -> None:
@@ -181,7 +198,8 @@ def test_rerun_does_no_image_work_and_new_files_alone_are_processed(
 
         # one new camera frame (a copy of an accepted image, re-encoded so its bytes are new)
         manifest = pd.read_parquet(project / "data/collect/manifest.parquet")
-        first = manifest[manifest["status"] == "accepted"].iloc[0]
+        stills = manifest["collect_video_uri"].isna()  # a frame row has no file of its own
+        first = manifest[(manifest["status"] == "accepted") & stills].iloc[0]
         src = project / "data/source/images" / first["rel_path"]
         new = project / "data/source/images/cam_a/new_frame.png"
         with Image.open(src) as im:
@@ -194,7 +212,7 @@ def test_rerun_does_no_image_work_and_new_files_alone_are_processed(
     assert details["collect"]["to_process"] == 1
     assert details["anonymize"]["processed"] == 1
     assert details["curate"]["measured"] == 1
-    assert grown["counts"]["collect"]["input"] == N_FILES + 1
+    assert grown["counts"]["collect"]["input"] == _rows(project) + 1
     assert grown["snapshot"] == f"dataset-v{int(again['snapshot'].rsplit('v', 1)[1]) + 1}"
     new_items = pd.read_parquet(project / "data/refresh/new_items.parquet")
     assert list(new_items["source_uri"]) == ["data/source/images/cam_a/new_frame.png"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -103,6 +104,7 @@ def test_endpoint_outage_fails_after_retries_and_publishes_nothing(
         finally:
             os.chdir(cwd)
         assert result["snapshot"] == "dataset-v1"
-        assert result["counts"]["anonymize"]["input"] == 24
+        truth = json.loads(storage.read_bytes(f"s3://{bucket}/source/truth.json"))
+        assert result["counts"]["anonymize"]["input"] == truth["totals"]["rows"] == 24 - 1 + 4
     finally:
         server.stop()

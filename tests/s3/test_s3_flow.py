@@ -76,8 +76,11 @@ def test_flow_with_source_and_outputs_on_s3(
     result = _run_flow(project)
 
     assert result["snapshot"] == "dataset-v1"
+    truth = json.loads(storage.read_bytes(f"s3://{bucket}/source/truth.json"))
+    assert truth["totals"]["files"] == 24  # a video among them, counted by its frames below
     for stage, c in result["counts"].items():
-        assert c["accepted"] + c["quarantined"] == c["input"] == 24, stage
+        assert c["accepted"] + c["quarantined"] == c["input"] == truth["totals"]["rows"], stage
+    curated_frames = [r for v in truth["videos"].values() for r in v["frames"]]
     lock = json.loads((project / "remote-outputs.json").read_text())
     assert git(project, "show", "dataset-v1:remote-outputs.json").strip() == json.dumps(
         lock, indent=2
@@ -88,6 +91,9 @@ def test_flow_with_source_and_outputs_on_s3(
     curated = storage.read_table(frozen)
     published = curated[curated["status"] == "accepted"]["anonymize_object_uri"]
     assert len(published) > 0 and all(storage.exists(f"{data_dir}/{p}") for p in published)
+    # the clip was read from S3 (streamed to a temp file) and its frames published
+    frame_status = curated.set_index("rel_path").loc[curated_frames, "status"]
+    assert len(curated_frames) == 4 and (frame_status == "accepted").all()
 
     from visionloop.snapshots import load_reference
 
