@@ -59,9 +59,21 @@ class AnonymizeParams(_Section):
     detect_max_side: int = Field(1920, ge=64)  # detection input size; redaction is full-res
     # Small faces: each named face detector also runs on the image upscaled by this factor
     # (images whose longer side is <= upscale_max_side); larger images run in full-res tiles.
-    upscale: dict[str, float] = Field(default_factory=lambda: {"yunet": 3.0})
+    # bench/bench_anonymize.py, tuning seeds 10-11, YuNet on the upscale at 0.6: 3x found
+    # 0.36 of the 10-16 px faces and 0.91 of 16-32 px (158 ms/image at 640 px), 4x 0.50 and
+    # 0.98 (252 ms), 5x 0.58 and 0.99 (427 ms).
+    upscale: dict[str, float] = Field(default_factory=lambda: {"yunet": 4.0})
     upscale_max_side: int = Field(1280, ge=0)
+    # Larger images up to upscale_large_max_side get this (cheaper) factor instead. 1920x1440,
+    # seed 301, 8 images: no upscale 0.35 of 16-32 px faces found (588 ms/image), YuNet 2x
+    # 0.77 (1037 ms), 3x 0.92 (1844 ms).
+    upscale_large: dict[str, float] = Field(default_factory=lambda: {"yunet": 2.0})
+    upscale_large_max_side: int = Field(1920, ge=0)
     upscale_max_face: int = Field(64, ge=1)  # the upscaled pass reports faces up to this (px)
+    # Lower thresholds for faces of at most small_face_max px (YuNet 4x, same seeds: 0.4 for
+    # <= 16 px found 0.62 of the 10-16 px faces instead of 0.51, 0.38 FP/image instead of 0.27).
+    small_face_thresholds: dict[str, float] = Field(default_factory=lambda: {"yunet": 0.4})
+    small_face_max: int = Field(16, ge=0)
     tile_overlap: float = Field(0.25, ge=0, lt=1)  # share of a tile its neighbour overlaps
     plates: bool = False  # also redact licence plates (classical detector; see plates.py)
     plate_detector: str = "plate"  # a registered detector of kind "plate"
@@ -72,12 +84,15 @@ class AnonymizeParams(_Section):
     verify: bool = True  # re-detect on the output; residual faces quarantine the image
     retry_residual: bool = True  # before quarantining, one solid-fill pass over residual faces
     jpeg_quality: int = Field(95, ge=50, le=100)
+    # zlib level of PNG outputs (lossless at any level): on the bench's 640x480 images 3 takes
+    # 21 ms instead of 48 ms at Pillow's default 6, for files 4.6 % larger.
+    png_compress_level: int = Field(3, ge=0, le=9)
     keep_icc: bool = False  # copy the source's RGB/gray ICC profile (it can name a device)
     review_band: float = Field(0.1, ge=0, lt=1)  # scores this close to a threshold: review
     review_small_face: int = Field(24, ge=0)  # redacted faces smaller than this (px): review
     hold_frames: int = Field(5, ge=0)  # video: a track stays redacted N frames before/after
 
-    @field_validator("thresholds")
+    @field_validator("thresholds", "small_face_thresholds")
     @classmethod
     def _thresholds_in_range(cls, v: dict[str, float]) -> dict[str, float]:
         bad = {k: t for k, t in v.items() if not 0 < t < 1}
@@ -85,7 +100,7 @@ class AnonymizeParams(_Section):
             raise ValueError(f"thresholds must be in (0, 1): {bad}")
         return v
 
-    @field_validator("upscale")
+    @field_validator("upscale", "upscale_large")
     @classmethod
     def _upscale_at_least_one(cls, v: dict[str, float]) -> dict[str, float]:
         bad = {k: f for k, f in v.items() if not 1 <= f <= 8}

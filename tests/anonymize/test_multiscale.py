@@ -9,7 +9,14 @@ import skimage.data
 
 from visionloop.anonymize.detectors import Regions
 from visionloop.anonymize.ensemble import EnsembleDetector
-from visionloop.anonymize.multiscale import MultiScaleDetector, merge, plan_passes, tile_grid
+from visionloop.anonymize.multiscale import (
+    MultiScaleDetector,
+    change_windows,
+    even_tiles,
+    merge,
+    plan_passes,
+    tile_grid,
+)
 from visionloop.anonymize.plates import PlateDetector, paste_rotated, render_plate
 from visionloop.anonymize.yunet import YuNetDetector
 
@@ -188,3 +195,90 @@ def test_plate_detector_finds_rendered_plates_and_not_plain_scenes() -> None:
         assert ((r.boxes[:, 0] <= cx) & (cx <= r.boxes[:, 2]) & (r.boxes[:, 1] <= cy)).any()
     plain = np.random.default_rng(0).integers(0, 256, (480, 640, 3)).astype(np.uint8)
     assert len(det.detect(plain)) == 0 and len(det.detect(np.full_like(plain, 200))) == 0
+
+
+# ---- small-face passes: even tiles, large images, verification windows ----
+
+
+def test_even_tiles_are_fewer_and_overlap_by_the_largest_small_face() -> None:
+    assert even_tiles(2560, 1920, 1920, 256) == [(0, 0, 1408, 1920), (1152, 0, 2560, 1920)]
+    assert even_tiles(1920, 1440, 1920, 192) == [(0, 0, 1920, 1440)]
+    tiles = even_tiles(3840, 2880, 1920, 256)
+    assert len(tiles) == 6 and {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in tiles} == {(1472, 1568)}
+    cover = np.zeros((2880, 3840), bool)
+    for x0, y0, x1, y1 in tiles:
+        cover[y0:y1, x0:x1] = True
+    assert cover.all()
+    xs = sorted({t[0] for t in tiles})
+    assert all(a + 1472 - b >= 256 for a, b in itertools.pairwise(xs))
+    with pytest.raises(ValueError, match="overlap"):
+        even_tiles(100, 100, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((640, 480), [4.0]), ((1280, 720), [4.0]), ((1920, 1080), [2.0]), ((2400, 1800), [1.0])],
+)
+def test_plan_passes_with_a_cheaper_factor_for_larger_images(
+    size: tuple[int, int], expected: list[float]
+) -> None:
+    assert (
+        plan_passes(
+            *size,
+            max_side=1920,
+            upscale=4.0,
+            upscale_max_side=1280,
+            upscale_large=2.0,
+            upscale_large_max_side=1920,
+        )
+        == expected
+    )
+
+
+def test_change_windows_grow_clip_and_join() -> None:
+    changed = np.array([[100, 100, 120, 120], [150, 100, 170, 120], [600, 400, 640, 480]])
+    assert change_windows(changed, 640, 480, 32) == [(68, 68, 202, 152), (568, 368, 640, 480)]
+    assert change_windows(np.zeros((0, 4)), 640, 480, 32) == []
+
+
+class TwoFaces(Boxes):
+    """Finds the same two 48 px boxes in every image (crop, tile) it is given."""
+
+    def detect(self, image_rgb: np.ndarray) -> Regions:
+        self.seen.append(image_rgb.shape[:2])
+        return Regions([[40, 40, 88, 88], [120, 120, 168, 168]], [0.9, 0.8], ["face"] * 2)
+
+
+def test_detect_changed_runs_the_upscale_only_around_changes() -> None:
+    base = TwoFaces("fake", [], [])
+    ms = MultiScaleDetector(base, max_side=1920, upscale=4.0, upscale_max_face=32)
+    img = np.zeros((480, 640, 3), np.uint8)
+    assert len(ms.detect(img)) == 6  # 2 whole-image boxes + 2 small ones per 4x tile
+    assert base.seen == [(480, 640), (1920, 1344), (1920, 1344)]
+    base.seen.clear()
+    r = ms.detect_changed(img, np.array([[80, 80, 100, 100]]))
+    # whole image again, then the 4x pass on one window: (48, 48, 132, 132) at 4x
+    assert base.seen == [(480, 640), (336, 336)]
+    # the window's boxes are 12 px at (58, 58) and (78, 78): only the one touching the change
+    # counts; the other lies in unchanged pixels the first pass searched
+    assert sorted(r.boxes.tolist()) == [[40, 40, 88, 88], [78, 78, 90, 90], [120, 120, 168, 168]]
+    base.seen.clear()
+    r = ms.detect_changed(img, np.array([[0, 0, 600, 400]]))  # windows > 70 %: one whole pass
+    assert base.seen == [(480, 640), (1920, 1344), (1920, 1344)] and len(r) == 6
+
+
+def test_ensemble_detect_changed_and_small_face_thresholds() -> None:
+    a = Boxes("a", [[0, 0, 12, 12], [40, 40, 80, 80], [90, 0, 100, 30]], [0.45, 0.45, 0.7])
+    ens = EnsembleDetector(
+        [a], thresholds={"a": 0.6}, small_face_thresholds={"a": 0.4}, small_face_max=16, tiled=()
+    )
+    # the 12 px box passes at 0.45 >= 0.4; the 40 px one needs 0.6; 30 px tall: not small
+    assert ens.detect(np.zeros((100, 100, 3), np.uint8)).boxes.tolist() == [
+        [90, 0, 100, 30],
+        [0, 0, 12, 12],
+    ]
+    assert ens.records()[0]["small_face_threshold"] == 0.4
+    assert ens.records()[0]["small_face_max"] == 16
+    # not multi-scale (tiled=()): verification searches everything with the plain detector
+    changed = ens.detect_changed(np.zeros((100, 100, 3), np.uint8), np.zeros((0, 4)))
+    assert len(changed) == 2 and len(a.seen) == 2

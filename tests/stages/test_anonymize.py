@@ -316,7 +316,11 @@ def test_audit_rows_are_complete(real_run: dict) -> None:
             "licence": "MIT",
             "model_sha256": models.YUNET.sha256,
             "score_threshold": 0.6,
-            "upscale": 3.0,
+            "small_face_max": 16,
+            "small_face_threshold": 0.4,
+            "upscale": 4.0,
+            "upscale_large": 2.0,
+            "upscale_large_max_side": 1920,
             "version": models.YUNET.version,
         },
     ]
@@ -591,3 +595,34 @@ def test_plates_add_a_member_and_are_redacted(tmp_path: Path, fakes: None) -> No
     )
     assert [r["kind"] for r in json.loads(audit["regions"])] == ["plate"]
     assert [m["detector"] for m in json.loads(audit["models"])] == ["fake", "fakeplate"]
+
+
+def test_verification_searches_small_faces_again_only_around_the_changes() -> None:
+    """A 20 px face next to a (deliberately misplaced) redaction survives it: verification's
+    upscaled pass around the change finds it and the fill pass hides it. A 12 px face far
+    from any change is the first pass's business (it found it there): the windowed check
+    does not search those unchanged pixels again, the whole-image check would have."""
+    import cv2
+    import skimage.data
+
+    from visionloop.stages.anonymize import anonymize_image, build_detector
+
+    faces = (skimage.data.lfw_subset()[:100] * 255).round().astype(np.uint8)
+    img = np.full((480, 640, 3), 128, np.uint8)
+    img[200:220, 300:320] = cv2.resize(faces[0], (20, 20), interpolation=cv2.INTER_AREA)[..., None]
+    img[400:412, 60:72] = cv2.resize(faces[10], (12, 12), interpolation=cv2.INTER_AREA)[..., None]
+    p = AnonymizeParams()
+    det = build_detector(p)
+    found = det.detect(img)
+    assert len(found) == 2  # both faces, the 12 px one by the 4x pass
+    corner = Regions([[316, 216, 322, 222]], [0.9], ["face"])  # only a corner of the 20 px face
+    out = anonymize_image(png(img), "PNG", det, p, found=(corner, []))
+    regions = json.loads(out["regions"])
+    assert [(r["redaction"], r["box"]) for r in regions] == [
+        ("pixelate", [315, 215, 323, 223]),
+        ("fill", [297, 194, 322, 226]),  # the residual 20 px face, grown by 60 %
+    ]
+    assert out["residual"] == 0 and out["retried"]
+    published = np.asarray(Image.open(io.BytesIO(out["bytes"])).convert("RGB"))
+    assert (published[400:412, 60:72] == img[400:412, 60:72]).all()
+    assert len(det.detect(published)) == 1  # what a whole-image search would still find

