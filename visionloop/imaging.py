@@ -190,6 +190,19 @@ def _name_other_format(data: bytes) -> str | None:
         return None
 
 
+def image_format_of(head: bytes) -> str | None:
+    """The image format the first bytes of a file declare (ours or another PIL knows), or None.
+
+    For files named as something else (a JPEG renamed ``.mp4``): header only, nothing decoded.
+    """
+    magic = _magic_format(head)
+    if magic is not None:
+        return _FORMAT_ALIASES.get(magic, magic)
+    if head[4:8] == b"ftyp" or head.startswith(b"%PDF"):
+        return None
+    return _name_other_format(head)
+
+
 def _guard_pil_globals(max_pixels: int) -> None:
     """Keep PIL's process-wide switches compatible with our own checks.
 

@@ -327,3 +327,47 @@ def test_video_on_a_remote_filesystem(tmp_path: Path) -> None:
         assert run_stage(CollectStage(), ws, params).details["reused"] == 1
     finally:
         storage.remove(root, recursive=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "reason"),
+    [("quarantine", "quarantined", "extension_mismatch"), ("accept", "accepted", None)],
+)
+def test_an_image_named_as_a_video_is_an_extension_mismatch(
+    tmp_path: Path, mode: str, status: str, reason: str | None
+) -> None:
+    # FFmpeg would open a lone JPEG as a one-frame video: the content decides, not the name
+    root = tmp_path / "src"
+    root.mkdir()
+    buf = io.BytesIO()
+    Image.fromarray(scene(2)).save(buf, "JPEG", quality=90)
+    (root / "photo.mp4").write_bytes(buf.getvalue())
+    (root / "text.mkv").write_bytes(b"hello " * 100)  # neither video nor image: corrupt
+    df, _ = run(make_params(tmp_path, root, on_extension_mismatch=mode))
+    row = df.loc[str(root / "photo.mp4")]
+    got_reason = None if pd.isna(row["reason"]) else row["reason"]
+    assert len(df) == 2 and (row["status"], got_reason) == (status, reason)
+    assert row["item_id"] == hashlib.sha256(buf.getvalue()).hexdigest()
+    if mode == "quarantine":
+        assert row["reason_detail"] == "content is JPEG, name says .mp4 (a video extension)"
+        assert pd.isna(row["object_uri"])
+    else:  # accepted as the image it is: one row, the bytes stored unchanged, no frame columns
+        assert row["format"] == "JPEG" and (row["width"], row["height"]) == (W, H)
+        assert row["rel_path"] == "photo.mp4" and pd.isna(row["collect_frame_index"])
+        assert row["object_uri"].endswith(".jpg")
+    text = df.loc[str(root / "text.mkv")]
+    assert (text["status"], text["reason"]) == ("quarantined", "corrupt")
+
+
+def test_image_format_of_reads_headers_only() -> None:
+    from visionloop.imaging import image_format_of
+
+    buf = io.BytesIO()
+    Image.fromarray(scene(0)[:32, :32]).save(buf, "PNG")
+    assert image_format_of(buf.getvalue()[:64]) == "PNG"
+    gif = io.BytesIO()
+    Image.fromarray(scene(0)[:32, :32]).convert("P").save(gif, "GIF")
+    assert image_format_of(gif.getvalue()) == "GIF"
+    assert image_format_of(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64) is None
+    assert image_format_of(b"RIFF\x00\x00\x00\x00AVI LIST") is None
+    assert image_format_of(b"hello " * 20) is None

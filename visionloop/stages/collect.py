@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 STAGE = "collect"
 # Bump when the checks change meaning, so reruns re-inspect files instead of reusing rows.
 LOGIC_VERSION = 2  # 2: video files sampled into frame rows
+VIDEO_LOGIC_VERSION = 2  # 2: an image named as a video is an extension mismatch
 STAMP_COLUMN = "collect_source_stamp"
 VIDEO_URI = "collect_video_uri"  # the listed video a frame row (or a rejected video) comes from
 FRAME_INDEX = "collect_frame_index"  # frame number in that video (0-based)
@@ -123,6 +124,7 @@ def params_fingerprint(cfg: CollectParams, for_video: bool = False) -> str:
             video_max_frames=cfg.video_max_frames,
             video_max_bytes=cfg.video_max_bytes,
             png_level=video.PNG_LEVEL,
+            video_logic=VIDEO_LOGIC_VERSION,
         )
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -274,8 +276,12 @@ def inspect_file(
     size: int | None,
     stamp: str | None,
     name_problem: str | None = None,
+    any_extension: bool = False,
 ) -> dict[str, Any]:
-    """Decide one file's row; copies accepted bytes into the store. The pixel work of collect."""
+    """Decide one file's row; copies accepted bytes into the store. The pixel work of collect.
+
+    ``any_extension``: skip the ``collect.extensions`` check (an image named as a video,
+    accepted under ``on_extension_mismatch: accept``)."""
     row = _blank_row(uri, rel_path, size, stamp)
     row[_WRITTEN] = False
     rejected = _refuse_unsafe(row, cfg, uri, rel_path, name_problem)
@@ -291,7 +297,7 @@ def inspect_file(
     row["item_id"] = hashlib.sha256(data).hexdigest()
     row["size_bytes"] = len(data)
     ext = posixpath.splitext(rel_path)[1].lower()
-    if ext not in {e.lower() for e in cfg.extensions}:
+    if not any_extension and ext not in {e.lower() for e in cfg.extensions}:
         return _reject(
             row,
             Reason.UNSUPPORTED_FORMAT,
@@ -382,6 +388,15 @@ def inspect_video(
         if size == 0:
             row["item_id"] = hashlib.sha256(b"").hexdigest()
             return [_reject(row, Reason.EMPTY_FILE, "file has zero bytes")]
+        disguised = _image_named_as_video(path, rel_path)
+        if disguised is not None:
+            if cfg.on_extension_mismatch == "quarantine":
+                row["item_id"] = video.file_sha256(path)
+                return [_reject(row, Reason.EXTENSION_MISMATCH, disguised)]
+            log.info("%s: %s (accepted as an image: collect.on_extension_mismatch=accept)",
+                     rel_path, disguised)  # fmt: skip
+            image_row = inspect_file(ws, cfg, uri, rel_path, size, stamp, any_extension=True)
+            return [image_row]
         try:
             if size > cfg.video_max_bytes:  # the listing gave no size
                 raise video.VideoRejected(
@@ -395,6 +410,22 @@ def inspect_video(
                 row["item_id"] = _unread_id(uri)
             return [_reject(row, err.reason, err.detail)]
     raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
+
+
+def _image_named_as_video(path: str, rel_path: str) -> str | None:
+    """Why a file with a video extension is really an image (content vs name), or None.
+
+    FFmpeg opens a lone JPEG or PNG as a one-frame "video", so without this a renamed photo
+    would slip in as a frame, past the extension check every image gets."""
+    container, _ = video.declared_codec(path)
+    if container is not None:
+        return None
+    with open(path, "rb") as fh:
+        fmt = imaging.image_format_of(fh.read(1 << 16))
+    if fmt is None:
+        return None
+    ext = posixpath.splitext(rel_path)[1].lower()
+    return f"content is {fmt}, name says {ext} (a video extension)"
 
 
 def _sample(
