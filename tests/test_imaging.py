@@ -223,6 +223,31 @@ def test_truncated_file(fmt: str) -> None:
     assert err.reason == Reason.TRUNCATED
 
 
+@pytest.mark.parametrize("subsampling", [0, 2])
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_draft_decode_of_jpeg_finds_every_damage_a_full_decode_finds(
+    subsampling: int, mode: str
+) -> None:
+    # collect decodes JPEGs in 1/8 DCT-scaled draft mode: every block is still entropy-decoded
+    pixels = (np.random.default_rng(5).random((240, 320, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, "JPEG", quality=90, subsampling=subsampling)
+    data = buf.getvalue()
+    info = imaging.probe_and_decode(data, 10**8)
+    assert (info.width, info.height, info.stored_width, info.mode) == (320, 240, 320, mode)
+    assert info.channels == len(mode)
+    for cut in (0.3, 0.6, 0.9, 0.995):
+        short = data[: int(len(data) * cut)]
+        with pytest.raises(ImageRejected) as full:
+            imaging._load(Image.open(io.BytesIO(short)))
+        assert rejected(short).reason == full.value.reason == Reason.TRUNCATED
+    damaged = bytearray(data)
+    damaged[len(data) // 2 : len(data) // 2 + 200] = b"\xff" * 200
+    with pytest.raises(ImageRejected) as full:
+        imaging._load(Image.open(io.BytesIO(bytes(damaged))))
+    assert rejected(bytes(damaged)).reason == full.value.reason
+
+
 def test_truncated_detected_even_if_someone_enabled_pil_padding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

