@@ -462,22 +462,16 @@ class AnonymizeStage:
         start = time.perf_counter()
         item_id = row.item_id
         result = _base_result(p, item_id, detector, fp)
-        step = "withdraw"
         try:
-            # Whatever an earlier run published for this item is withdrawn until it passes again.
-            _withdraw(ws, item_id)
-            step = "model load"
-            if detector is None:
-                raise AnonymizeError(step, load_error or "no detector")
-            step = "read"
-            data = _read_input(ws, row, result)
+            data = _prepare_input(ws, row, result, detector, load_error)
+            assert detector is not None  # _prepare_input raised otherwise
             out = anonymize_image(data, row.format, detector, p, max_pixels)
-            step = "write"
             _record_output(ws, result, out)
         except Exception as exc:
             if storage.is_transient(exc):
                 raise  # storage outage: the shard fails and is retried; nothing is quarantined
-            _record_failure(ws, result, exc, step)
+            # the steps before raise AnonymizeError themselves: anything else is the write
+            _record_failure(ws, result, exc, "write")
         result["elapsed_ms"] = (time.perf_counter() - start) * 1000
         return result
 
@@ -500,18 +494,10 @@ class AnonymizeStage:
         results = [_base_result(p, r.item_id, detector, fp, r.sequence) for r in rows]
         readable: list[tuple[dict[str, Any], bytes]] = []
         for row, result in zip(rows, results, strict=True):
-            step = "withdraw"
             try:
-                _withdraw(ws, row.item_id)
-                step = "model load"
-                if detector is None:
-                    raise AnonymizeError(step, load_error or "no detector")
-                step = "read"
-                readable.append((result, _read_input(ws, row, result)))
-            except Exception as exc:
-                if storage.is_transient(exc):
-                    raise
-                _record_failure(ws, result, exc, step)
+                readable.append((result, _prepare_input(ws, row, result, detector, load_error)))
+            except AnonymizeError as exc:
+                _record_failure(ws, result, exc, exc.step)
         if readable:
             try:
                 outs = redact_sequence([d for _, d in readable], detector, p, max_pixels)
@@ -709,6 +695,32 @@ def _base_result(
 def _withdraw(ws: Workspace, item_id: str) -> None:
     for ext in EXTENSIONS:
         storage.remove(ws.resolve(object_rel(item_id, ext)))
+
+
+def _prepare_input(
+    ws: Workspace,
+    row: Any,
+    result: dict[str, Any],
+    detector: Detector | None,
+    load_error: str | None,
+) -> bytes:
+    """Withdraw what an earlier run published for this item (until it passes again), check
+    the detector loaded, read the input. Raises AnonymizeError naming the step, or a
+    transient storage error as it is (the shard fails and is retried)."""
+    step = "withdraw"
+    try:
+        _withdraw(ws, row.item_id)
+        step = "model load"
+        if detector is None:
+            raise AnonymizeError(step, load_error or "no detector")
+        step = "read"
+        return _read_input(ws, row, result)
+    except AnonymizeError:
+        raise
+    except Exception as exc:
+        if storage.is_transient(exc):
+            raise
+        raise AnonymizeError(step, exc) from exc
 
 
 def _read_input(ws: Workspace, row: Any, result: dict[str, Any]) -> bytes:
